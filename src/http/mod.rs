@@ -1,0 +1,53 @@
+//! HTTP/1.1 message handling: request heads (httparse plus the RFC 9112
+//! checks httparse leaves to its caller), body framing, response encoding
+//! and the cached `Date` header.
+//!
+//! Nothing here does I/O; `conn.rs` feeds bytes in and writes bytes out.
+
+pub(crate) mod body;
+pub(crate) mod date;
+pub(crate) mod request;
+pub(crate) mod response;
+
+pub use request::{Request, Version};
+pub use response::Response;
+
+/// Limits on what a client may send, all enforced before the service runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Request line plus header fields, in bytes (over it: 431, or 414 when
+    /// the request line alone is over it).
+    pub max_head_bytes: usize,
+    /// Number of header fields (over it: 431). At most [`MAX_HEADERS_CAP`].
+    pub max_headers: usize,
+    /// Decoded body bytes (over it: 413, sent before the body is read).
+    pub max_body_bytes: usize,
+}
+
+/// Upper bound for [`Limits::max_headers`]: the header array lives on the
+/// loop's stack (256 x 32 bytes, uninitialised until httparse fills it).
+pub const MAX_HEADERS_CAP: usize = 256;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_head_bytes: 8 * 1024,
+            max_headers: 100,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Why a request was refused: the status to answer with before closing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Reject {
+    pub(crate) status: u16,
+    /// Short reason for the log and the plain-text body.
+    pub(crate) why: &'static str,
+}
+
+impl Reject {
+    pub(crate) const fn new(status: u16, why: &'static str) -> Reject {
+        Reject { status, why }
+    }
+}

@@ -1,0 +1,40 @@
+//! The user's side: a [`Service`] answers requests; a [`ServiceFactory`]
+//! makes one per loop, so per-loop state needs no locks.
+
+use crate::{Request, Response};
+
+/// Answers requests. One instance lives in each loop; it is rebuilt from its
+/// factory when a call panics.
+pub trait Service {
+    /// Fills in `res` for `req`. `res` starts as `200`, no headers, empty body.
+    fn call(&mut self, req: &Request<'_>, res: &mut Response);
+}
+
+/// Makes the [`Service`] of each loop (and of each replacement loop).
+pub trait ServiceFactory: Send + Sync + 'static {
+    type Service: Service;
+
+    /// Called on the loop's own thread; `slot` is the loop's core slot.
+    fn new_service(&self, slot: usize) -> Self::Service;
+}
+
+impl<F, S> ServiceFactory for F
+where
+    F: Fn(usize) -> S + Send + Sync + 'static,
+    S: Service,
+{
+    type Service = S;
+
+    fn new_service(&self, slot: usize) -> S {
+        self(slot)
+    }
+}
+
+impl<F> Service for F
+where
+    F: FnMut(&Request<'_>, &mut Response),
+{
+    fn call(&mut self, req: &Request<'_>, res: &mut Response) {
+        self(req, res)
+    }
+}
