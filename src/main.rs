@@ -1,1 +1,190 @@
-fn main() {}
+//! The `vigil` binary: serves `Hello World\n` (and, with `--demo`, routes
+//! that misbehave on purpose) for load tests.
+
+mod demo;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use vigil::{parse_duration, parse_size, Config, Limits, Outcome, Server};
+
+// jemalloc because each loop gets an arena of its own, which is how the
+// supervisor sees per-loop memory; the system allocator has no such figure.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Exit status when the abandoned-thread budget is used up.
+const EXIT_ABANDONED_BUDGET: u8 = 3;
+
+/// A supervised HTTP/1.1 server: one event loop per core on one shared
+/// socket, and a supervisor that replaces loops that stall, die or bloat.
+#[derive(Parser, Debug)]
+#[command(name = "vigil", version, about, max_term_width = 100)]
+struct Args {
+    /// Address to listen on (port 0 picks a free port; the bound address is logged).
+    #[arg(long, env = "VIGIL_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Event loops, one per core [default: the cores this process may use].
+    #[arg(long, env = "VIGIL_LOOPS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    loops: Option<u16>,
+    /// Do not pin loops to cores.
+    #[arg(long, env = "VIGIL_NO_PIN")]
+    no_pin: bool,
+    /// Largest request head (request line and headers).
+    #[arg(long, env = "VIGIL_MAX_HEAD", default_value = "8KiB", value_parser = size)]
+    max_head: u64,
+    /// Most header fields in a request.
+    #[arg(long, env = "VIGIL_MAX_HEADERS", default_value_t = 100)]
+    max_headers: usize,
+    /// Largest request body.
+    #[arg(long, env = "VIGIL_MAX_BODY", default_value = "1MiB", value_parser = size)]
+    max_body: u64,
+    /// Time to receive a request head, and between reads of a body (then 408).
+    #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// Idle keep-alive connections are closed after this long.
+    #[arg(long, env = "VIGIL_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    keep_alive_timeout: Duration,
+    /// Open connections over all loops; more get 503.
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 25_000)]
+    max_connections: usize,
+    /// A busy loop without progress this long is replaced (0 turns detection off).
+    #[arg(long, env = "VIGIL_STALL_TIMEOUT", default_value = "2s", value_parser = duration)]
+    stall_timeout: Duration,
+    /// How often heartbeats are sampled [default: stall-timeout / 8, at least 10ms].
+    #[arg(long, env = "VIGIL_CHECK_INTERVAL", value_parser = duration)]
+    check_interval: Option<Duration>,
+    /// Live abandoned threads allowed; past it vigil drains and exits with status 3.
+    #[arg(long, env = "VIGIL_MAX_ABANDONED", default_value_t = 16)]
+    max_abandoned: usize,
+    /// Restart intensity: more than this many replacements within --restart-window is an error.
+    #[arg(long, env = "VIGIL_RESTART_LIMIT", default_value_t = 10)]
+    restart_limit: u32,
+    /// Window of --restart-limit.
+    #[arg(long, env = "VIGIL_RESTART_WINDOW", default_value = "10s", value_parser = duration)]
+    restart_window: Duration,
+    /// Time a recycled loop has to finish its connections.
+    #[arg(long, env = "VIGIL_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    drain_timeout: Duration,
+    /// Time a graceful shutdown (SIGTERM/SIGINT) may take.
+    #[arg(long, env = "VIGIL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    shutdown_timeout: Duration,
+    /// How often per-loop memory is read.
+    #[arg(long, env = "VIGIL_MEM_INTERVAL", default_value = "1s", value_parser = duration)]
+    mem_interval: Duration,
+    /// Log a warning when a loop's arena holds more than this (e.g. 64MiB).
+    #[arg(long, env = "VIGIL_MEM_WARN", value_parser = size)]
+    mem_warn: Option<u64>,
+    /// Recycle a loop gracefully when its arena holds more than this.
+    #[arg(long, env = "VIGIL_MEM_LIMIT", value_parser = size)]
+    mem_limit: Option<u64>,
+    /// Add routes that misbehave on purpose: /spin, /block?ms=N, /panic, /alloc?mb=N, /free.
+    #[arg(long, env = "VIGIL_DEMO")]
+    demo: bool,
+    /// Each request spins forever with probability 1/N (e.g. 1/200).
+    #[arg(long, env = "VIGIL_CHAOS_STALL", value_parser = chance)]
+    chaos_stall: Option<u64>,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    parse_size(text)
+}
+
+/// `1/N` -> N.
+fn chance(text: &str) -> Result<u64, String> {
+    let denominator = text
+        .strip_prefix("1/")
+        .ok_or_else(|| format!("invalid chance {text:?}: expected 1/N, e.g. 1/200"))?;
+    match denominator.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!(
+            "invalid chance {text:?}: N must be a whole number of at least 1"
+        )),
+    }
+}
+
+impl Args {
+    fn config(&self) -> Result<Config, String> {
+        let usize_of = |name: &str, value: u64| {
+            usize::try_from(value).map_err(|_| format!("{name} {value} is too large"))
+        };
+        let config = Config {
+            listen: self.listen,
+            loops: self.loops.map_or_else(vigil::default_loops, usize::from),
+            pin: !self.no_pin,
+            limits: Limits {
+                max_head_bytes: usize_of("--max-head", self.max_head)?,
+                max_headers: self.max_headers,
+                max_body_bytes: usize_of("--max-body", self.max_body)?,
+            },
+            header_timeout: self.header_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            max_connections: self.max_connections,
+            stall_timeout: self.stall_timeout,
+            check_interval: self.check_interval,
+            max_abandoned: self.max_abandoned,
+            restart_limit: self.restart_limit,
+            restart_window: self.restart_window,
+            drain_timeout: self.drain_timeout,
+            shutdown_timeout: self.shutdown_timeout,
+            mem_interval: self.mem_interval,
+            mem_warn: self.mem_warn,
+            mem_limit: self.mem_limit,
+        };
+        config.validate().map_err(|err| err.to_string())?;
+        Ok(config)
+    }
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(err) if !err.use_stderr() => {
+            // --help and --version
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(err) => return usage_error(&err.to_string()),
+    };
+    let config = match args.config() {
+        Ok(config) => config,
+        Err(message) => return usage_error(&message),
+    };
+    match run(config, &args) {
+        Ok(Outcome::Stopped) => ExitCode::SUCCESS,
+        Ok(Outcome::AbandonedBudgetExceeded) => ExitCode::from(EXIT_ABANDONED_BUDGET),
+        Err(message) => {
+            eprintln!("vigil: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// One line on stderr and status 2, for anything wrong on the command line.
+fn usage_error(message: &str) -> ExitCode {
+    let first_line = message.lines().next().unwrap_or(message);
+    let first_line = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    eprintln!("vigil: {first_line} (see vigil --help)");
+    ExitCode::from(2)
+}
+
+fn run(config: Config, args: &Args) -> Result<Outcome, String> {
+    let options = demo::Options {
+        demo: args.demo,
+        chaos_stall: args.chaos_stall,
+    };
+    let handle = Server::new(move |slot| demo::App::new(slot, options))
+        .config(config)
+        .start()
+        .map_err(|err| err.to_string())?;
+    vigil::signals::install(handle.control())
+        .map_err(|err| format!("cannot watch signals: {err}"))?;
+    Ok(handle.wait())
+}

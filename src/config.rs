@@ -1,0 +1,272 @@
+//! Validated configuration. The binary's flags and the library builder both
+//! end here; `Config::validate` is the one place values are checked.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::http::{Limits, MAX_HEADERS_CAP};
+
+/// Everything a running server needs to know, with production defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Event loops, one per core (default: the cores this process may use).
+    pub loops: usize,
+    /// Pin loop `i` to the `i`-th allowed core.
+    pub pin: bool,
+    pub limits: Limits,
+    /// Time allowed from the first byte of a request head to its end, and
+    /// between reads of a body (past it: 408).
+    pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    pub keep_alive_timeout: Duration,
+    /// Open connections over all loops; past it new ones get 503 and close.
+    pub max_connections: usize,
+    /// A busy loop without progress for this long is stalled; zero turns
+    /// stall detection off.
+    pub stall_timeout: Duration,
+    /// How often the supervisor samples heartbeats (default: stall timeout / 8,
+    /// at least 10 ms).
+    pub check_interval: Option<Duration>,
+    /// Past this many live abandoned threads the server drains and exits.
+    pub max_abandoned: usize,
+    /// Restart intensity: more than `restart_limit` replacements within
+    /// `restart_window` is logged as an error and counted.
+    pub restart_limit: u32,
+    pub restart_window: Duration,
+    /// How long a recycled loop may take to finish its connections.
+    pub drain_timeout: Duration,
+    /// How long a graceful shutdown may take before the rest is cut.
+    pub shutdown_timeout: Duration,
+    /// How often the supervisor reads jemalloc's statistics.
+    pub mem_interval: Duration,
+    /// Log a warning when a loop's arena holds more than this many bytes.
+    pub mem_warn: Option<u64>,
+    /// Recycle a loop gracefully when its arena holds more than this.
+    pub mem_limit: Option<u64>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            loops: default_loops(),
+            pin: true,
+            limits: Limits::default(),
+            header_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(60),
+            max_connections: 25_000,
+            stall_timeout: Duration::from_secs(2),
+            check_interval: None,
+            max_abandoned: 16,
+            restart_limit: 10,
+            restart_window: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            shutdown_timeout: Duration::from_secs(10),
+            mem_interval: Duration::from_secs(1),
+            mem_warn: None,
+            mem_limit: None,
+        }
+    }
+}
+
+/// The cores this process may run on: its affinity mask, or num_cpus (which
+/// also honours cgroup quotas) when the mask cannot be read.
+pub fn default_loops() -> usize {
+    core_affinity::get_core_ids()
+        .map(|ids| ids.len())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(num_cpus::get)
+        .max(1)
+}
+
+/// A configuration value that cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks every value; the error names the setting and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |msg: String| Err(ConfigError(msg));
+        if self.loops == 0 || self.loops > 1024 {
+            return fail(format!(
+                "loops must be between 1 and 1024, not {}",
+                self.loops
+            ));
+        }
+        let l = &self.limits;
+        if l.max_head_bytes < 64 || l.max_head_bytes > 1 << 20 {
+            return fail(format!(
+                "max head bytes must be between 64 B and 1 MiB, not {}",
+                l.max_head_bytes
+            ));
+        }
+        if l.max_headers == 0 || l.max_headers > MAX_HEADERS_CAP {
+            return fail(format!(
+                "max headers must be between 1 and {MAX_HEADERS_CAP}, not {}",
+                l.max_headers
+            ));
+        }
+        if l.max_body_bytes > 1 << 40 {
+            return fail(format!(
+                "max body bytes must be at most 1 TiB, not {}",
+                l.max_body_bytes
+            ));
+        }
+        if self.max_connections == 0 {
+            return fail("max connections must be at least 1".into());
+        }
+        for (name, value) in [
+            ("header timeout", self.header_timeout),
+            ("keep-alive timeout", self.keep_alive_timeout),
+            ("restart window", self.restart_window),
+            ("memory interval", self.mem_interval),
+        ] {
+            if value.is_zero() {
+                return fail(format!("{name} must be more than zero"));
+            }
+        }
+        if let Some(interval) = self.check_interval {
+            if interval < Duration::from_millis(1) {
+                return fail("check interval must be at least 1ms".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The supervisor's sampling period.
+    pub fn effective_check_interval(&self) -> Duration {
+        self.check_interval
+            .unwrap_or_else(|| (self.stall_timeout / 8).max(Duration::from_millis(10)))
+    }
+}
+
+/// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().map_err(|_| {
+        format!("invalid duration {text:?}: expected a number and a unit such as 250ms or 2s")
+    })?;
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 1e-3,
+        "us" | "µs" => 1e-6,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration {text:?}: unknown unit {other:?} (use us, ms, s, m or h)"
+            ))
+        }
+    };
+    let secs = value * scale;
+    if !secs.is_finite() || secs > 365.0 * 86400.0 {
+        return Err(format!("invalid duration {text:?}: too long"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number.parse().map_err(|_| {
+        format!("invalid size {text:?}: expected a number of bytes such as 65536 or 64MiB")
+    })?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "invalid size {text:?}: unknown unit {other:?} (use KiB, MiB, GiB or bytes)"
+            ))
+        }
+    };
+    value
+        .checked_mul(scale)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in ["", "ms", "2 weeks", "-1s", "1e400s", "abc"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("8k"), Ok(8192));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        for bad in ["", "MiB", "1.5GiB", "-1", "64 lightyears", "99999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn check_interval_defaults_to_an_eighth_of_the_stall_timeout() {
+        let mut config = Config {
+            stall_timeout: Duration::from_secs(2),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.effective_check_interval(),
+            Duration::from_millis(250)
+        );
+        config.stall_timeout = Duration::from_millis(40);
+        assert_eq!(config.effective_check_interval(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn validation_names_the_setting() {
+        let config = Config {
+            loops: 0,
+            ..Config::default()
+        };
+        assert!(config.validate().unwrap_err().to_string().contains("loops"));
+        let mut config = Config::default();
+        config.limits.max_headers = 10_000;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max headers"));
+        assert!(Config::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,90 @@
+//! The binary's service: the chapter's hello world, plus, with `--demo`,
+//! routes that misbehave on purpose so the supervisor can be watched at work.
+
+use std::time::{Duration, Instant};
+
+use vigil::{Request, Response, Service};
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Options {
+    pub(crate) demo: bool,
+    /// Spin forever on one request in this many.
+    pub(crate) chaos_stall: Option<u64>,
+}
+
+pub(crate) struct App {
+    options: Options,
+    /// Memory held on purpose by `/alloc`.
+    hoard: Vec<Vec<u8>>,
+    rng: u64,
+}
+
+impl App {
+    pub(crate) fn new(slot: usize, options: Options) -> App {
+        let seed = Instant::now().elapsed().as_nanos() as u64
+            ^ std::process::id() as u64
+            ^ (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        App {
+            options,
+            hoard: Vec::new(),
+            rng: seed | 1,
+        }
+    }
+
+    /// xorshift64: plenty for a 1-in-N coin and no dependency.
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    fn demo(&mut self, req: &Request<'_>, res: &mut Response) -> bool {
+        let number = |name: &str| req.query_param(name).and_then(|v| v.parse::<u64>().ok());
+        match req.path() {
+            "/spin" => spin_forever(),
+            "/block" => {
+                let ms = number("ms").unwrap_or(1000);
+                std::thread::sleep(Duration::from_millis(ms));
+                res.body(format!("blocked {ms} ms\n"));
+            }
+            "/panic" => panic!("/panic requested"),
+            "/alloc" => {
+                let mb = number("mb").unwrap_or(1).min(4096) as usize;
+                // Touch every page so the memory is really resident.
+                self.hoard.push(vec![0x5a; mb << 20]);
+                let held: usize = self.hoard.iter().map(Vec::len).sum();
+                res.body(format!("holding {} MiB\n", held >> 20));
+            }
+            "/free" => {
+                self.hoard = Vec::new();
+                res.body_static(b"freed\n");
+            }
+            _ => return false,
+        }
+        res.header("Content-Type", "text/plain");
+        true
+    }
+}
+
+fn spin_forever() -> ! {
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+impl Service for App {
+    fn call(&mut self, req: &Request<'_>, res: &mut Response) {
+        if let Some(n) = self.options.chaos_stall {
+            if self.next_random() % n == 0 {
+                log::warn!("chaos: this request will never finish path={}", req.path());
+                spin_forever();
+            }
+        }
+        if self.options.demo && self.demo(req, res) {
+            return;
+        }
+        res.header("Content-Type", "text/plain")
+            .body_static(b"Hello World\n");
+    }
+}

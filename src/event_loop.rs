@@ -1,0 +1,467 @@
+//! One event loop: a thread pinned to a core, with its own `mio::Poll` and
+//! connection slab, accepting from the listening socket every loop shares.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::conn::{self, Conn, Dispatch, Next};
+use crate::http::date::DateCache;
+use crate::server::ServerShared;
+use crate::shared::{LoopShared, LoopState};
+use crate::sys::{self, sort_io_error, IoVerdict};
+use crate::{memory, Response, ServiceFactory};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// Connections accepted per wake-up before serving the ones already open.
+/// The listener is level-triggered, so what is left wakes a loop again.
+const ACCEPT_BATCH: usize = 64;
+
+/// How long accepting pauses when the process is out of file descriptors,
+/// instead of spinning on a listener that stays readable.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Size of the loop's read buffer, shared by all its connections.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Starts loop `shared` on a new thread. `ready` is sent once the loop
+/// listens, or dropped if it fails to start.
+pub(crate) fn spawn<F: ServiceFactory>(
+    shared: Arc<LoopShared>,
+    server: Arc<ServerShared>,
+    factory: Arc<F>,
+    ready: crossbeam_channel::Sender<()>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new()
+        .name(format!("vigil-loop-{}", shared.slot))
+        .spawn(move || {
+            shared.tid.store(sys::thread_id(), Relaxed);
+            if let Some(core) = shared.core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    log::warn!("loop {} could not be pinned to core {core}", shared.name());
+                }
+            }
+            *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) = memory::bind_thread_arena();
+            let service = factory.new_service(shared.slot);
+            match EventLoop::new(shared.clone(), server, factory, service) {
+                Ok(event_loop) => {
+                    if let Err(err) = event_loop.run(ready) {
+                        log::error!("loop {} failed: {err}", shared.name());
+                    }
+                }
+                Err(err) => log::error!("loop {} could not start: {err}", shared.name()),
+            }
+            if let Some(arena) = *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) {
+                memory::release_arena(arena);
+            }
+            shared.set_state(LoopState::Exited);
+        })
+}
+
+struct EventLoop<F: ServiceFactory> {
+    poll: Poll,
+    conns: Slab<Conn>,
+    d: Dispatch<F>,
+    scratch: Vec<u8>,
+    server: Arc<ServerShared>,
+    /// The listener is in this loop's epoll set.
+    listening: bool,
+    accept_paused_until: Option<Instant>,
+    /// Connections whose read budget ran out with input possibly left.
+    deferred: Vec<usize>,
+    next_sweep: Instant,
+    sweep_every: Duration,
+    drain_deadline: Option<Instant>,
+}
+
+impl<F: ServiceFactory> EventLoop<F> {
+    fn new(
+        shared: Arc<LoopShared>,
+        server: Arc<ServerShared>,
+        factory: Arc<F>,
+        service: F::Service,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        *shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
+        let config = &server.config;
+        // Timers are checked by a sweep over the connections; a quarter of
+        // the shortest timeout keeps them within 25% of their value.
+        let sweep_every = (config.header_timeout.min(config.keep_alive_timeout) / 4)
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let now = Instant::now();
+        Ok(EventLoop {
+            poll,
+            conns: Slab::with_capacity(1024),
+            d: Dispatch {
+                factory,
+                service,
+                response: Response::new(),
+                date: DateCache::new(),
+                limits: config.limits.clone(),
+                header_timeout: config.header_timeout,
+                keep_alive_timeout: config.keep_alive_timeout,
+                now,
+                progress: 0,
+                unpublished_requests: 0,
+                shared,
+                draining: false,
+                abandoned: false,
+                out: Vec::with_capacity(SCRATCH_BYTES),
+            },
+            scratch: vec![0; SCRATCH_BYTES],
+            server,
+            listening: false,
+            accept_paused_until: None,
+            deferred: Vec::new(),
+            next_sweep: now + sweep_every,
+            sweep_every,
+            drain_deadline: None,
+        })
+    }
+
+    fn run(mut self, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
+        self.listen()?;
+        self.d.shared.set_state(LoopState::Serving);
+        let _ = ready.send(());
+        drop(ready);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            self.d.shared.heartbeat.beat(self.d.progress, false);
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+            self.d.progress += 1;
+            self.d.shared.heartbeat.beat(self.d.progress, true);
+            self.d.now = Instant::now();
+            self.d.date.refresh(SystemTime::now());
+
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_batch(),
+                    WAKER => {} // flags are read below
+                    Token(key) => {
+                        let readable =
+                            event.is_readable() || event.is_read_closed() || event.is_error();
+                        self.on_conn_event(key, readable, event.is_writable());
+                    }
+                }
+                if self.d.abandoned {
+                    break;
+                }
+            }
+            if !self.d.abandoned && !self.deferred.is_empty() {
+                for key in std::mem::take(&mut self.deferred) {
+                    self.on_conn_event(key, true, false);
+                }
+            }
+            self.publish_counters();
+
+            if self.d.abandoned || self.d.shared.abandoned.load(Relaxed) {
+                self.exit_abandoned();
+                return Ok(());
+            }
+            if self.server.stop_now.load(Relaxed) {
+                self.close_all();
+                return Ok(());
+            }
+            if !self.d.draining
+                && (self.d.shared.draining.load(Relaxed) || self.server.draining.load(Relaxed))
+            {
+                self.begin_drain();
+            }
+            if self.d.now >= self.next_sweep {
+                self.sweep();
+            }
+            self.resume_accepting_if_due();
+            if self.d.draining {
+                if self.conns.is_empty() {
+                    log::info!("loop {} drained, exiting", self.d.shared.name());
+                    return Ok(());
+                }
+                if self
+                    .drain_deadline
+                    .is_some_and(|deadline| self.d.now >= deadline)
+                {
+                    log::warn!(
+                        "loop {} drain timed out, closing connections={}",
+                        self.d.shared.name(),
+                        self.conns.len()
+                    );
+                    self.close_all();
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.deferred.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        // An idle loop sleeps until something happens: nobody needs it to
+        // wake up just to prove it is alive.
+        let mut wake_at = None;
+        if !self.conns.is_empty() {
+            wake_at = Some(self.next_sweep);
+        }
+        for at in [self.accept_paused_until, self.drain_deadline]
+            .into_iter()
+            .flatten()
+        {
+            wake_at = Some(wake_at.map_or(at, |w: Instant| w.min(at)));
+        }
+        wake_at.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Adds the shared listener to this loop's epoll set.
+    ///
+    /// `EPOLLEXCLUSIVE`: without it every loop waiting in `epoll_wait` is
+    /// woken for each new connection and all but one find nothing (the
+    /// thundering herd). With it the kernel wakes one *waiting* loop; a
+    /// loop that is busy, or stalled in a handler, is not waiting and so
+    /// takes no new connections, which is what keeps a stall local.
+    fn listen(&mut self) -> io::Result<()> {
+        sys::epoll_add_exclusive(
+            self.poll.as_raw_fd(),
+            self.server.listener.as_raw_fd(),
+            LISTENER.0 as u64,
+        )?;
+        self.listening = true;
+        Ok(())
+    }
+
+    fn stop_listening(&mut self) {
+        if self.listening {
+            if let Err(err) =
+                sys::epoll_delete(self.poll.as_raw_fd(), self.server.listener.as_raw_fd())
+            {
+                log::warn!(
+                    "loop {} could not leave the listener: {err}",
+                    self.d.shared.name()
+                );
+            }
+            self.listening = false;
+        }
+    }
+
+    fn accept_batch(&mut self) {
+        if !self.listening {
+            return;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            match sys::accept(&self.server.listener) {
+                Ok(stream) => self.add_conn(stream),
+                Err(err) => match sort_io_error(&err) {
+                    IoVerdict::Wait => break,
+                    IoVerdict::Retry | IoVerdict::PeerGone => continue,
+                    IoVerdict::OutOfFds => {
+                        log::warn!(
+                            "loop {} out of file descriptors, pausing accept for {:?}: {err}",
+                            self.d.shared.name(),
+                            ACCEPT_PAUSE
+                        );
+                        self.stop_listening();
+                        self.accept_paused_until = Some(self.d.now + ACCEPT_PAUSE);
+                        break;
+                    }
+                    IoVerdict::Fatal => {
+                        log::error!("loop {} accept failed: {err}", self.d.shared.name());
+                        break;
+                    }
+                },
+            }
+        }
+    }
+
+    fn resume_accepting_if_due(&mut self) {
+        if self
+            .accept_paused_until
+            .is_some_and(|until| self.d.now >= until)
+        {
+            self.accept_paused_until = None;
+            if !self.d.draining {
+                if let Err(err) = self.listen() {
+                    log::error!(
+                        "loop {} could not resume accepting: {err}",
+                        self.d.shared.name()
+                    );
+                }
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: std::net::TcpStream) {
+        let server = &self.server;
+        if server.open_connections.fetch_add(1, Relaxed) >= server.config.max_connections {
+            server.open_connections.fetch_sub(1, Relaxed);
+            self.d.shared.counters.rejected.fetch_add(1, Relaxed);
+            conn::refuse_over_limit(&mut stream, &self.d.date);
+            return;
+        }
+        // Responses are written whole, once per batch: Nagle would only
+        // delay them.
+        if let Err(err) = stream.set_nodelay(true) {
+            log::debug!("set TCP_NODELAY failed: {err}");
+        }
+        let mut stream = TcpStream::from_std(stream);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        {
+            let mut registry = self.d.shared.registry();
+            if registry.is_closed() {
+                // Abandoned between poll and here; the stream closes on drop.
+                server.open_connections.fetch_sub(1, Relaxed);
+                return;
+            }
+            registry.insert(key, stream.as_raw_fd());
+        }
+        // Both interests once, edge-triggered: no re-registration later.
+        if let Err(err) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("loop {} register failed: {err}", self.d.shared.name());
+            let mut registry = self.d.shared.registry();
+            registry.remove(key);
+            drop(stream);
+            server.open_connections.fetch_sub(1, Relaxed);
+            return;
+        }
+        entry.insert(Conn::new(stream, self.d.now, self.d.header_timeout));
+        self.d.shared.open_connections.fetch_add(1, Relaxed);
+        self.d.shared.counters.accepted.fetch_add(1, Relaxed);
+    }
+
+    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this batch
+        };
+        let mut next = Next::Wait;
+        if writable {
+            next = conn.on_writable(&mut self.scratch, &mut self.d);
+        }
+        if readable && next != Next::Close {
+            next = conn.on_readable(&mut self.scratch, &mut self.d);
+        }
+        if next == Next::Wait && self.d.draining && conn.is_idle() {
+            next = Next::Close;
+        }
+        match next {
+            Next::Wait => {}
+            Next::Deferred => self.deferred.push(key),
+            Next::Close => self.close(key),
+        }
+    }
+
+    /// Closes a connection; the fd is closed under the registry lock (see
+    /// `shared::FdRegistry`).
+    fn close(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        // Output encoded for this connection and not written has nowhere to go.
+        self.d.out.clear();
+        let mut registry = self.d.shared.registry();
+        registry.remove(key);
+        drop(conn);
+        drop(registry);
+        self.d.shared.open_connections.fetch_sub(1, Relaxed);
+        self.server.open_connections.fetch_sub(1, Relaxed);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    /// Applies connection deadlines: idle timeout, 408 for slow requests.
+    fn sweep(&mut self) {
+        self.next_sweep = self.d.now + self.sweep_every;
+        let now = self.d.now;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.deadline <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.on_deadline(&mut self.d) == Next::Close {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    /// Stops accepting and lets connections finish: idle ones close now,
+    /// the others after their next response (which says `Connection: close`).
+    fn begin_drain(&mut self) {
+        self.d.draining = true;
+        self.d.shared.set_state(LoopState::Draining);
+        self.stop_listening();
+        let timeout = if self.server.draining.load(Relaxed) {
+            self.server.config.shutdown_timeout
+        } else {
+            self.server.config.drain_timeout
+        };
+        self.drain_deadline = Some(self.d.now + timeout);
+        let idle: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.on_drain() == Next::Close)
+            .map(|(key, _)| key)
+            .collect();
+        log::info!(
+            "loop {} draining open={} closed_idle={}",
+            self.d.shared.name(),
+            self.conns.len(),
+            idle.len()
+        );
+        for key in idle {
+            self.close(key);
+        }
+    }
+
+    fn publish_counters(&mut self) {
+        if self.d.unpublished_requests > 0 {
+            self.d
+                .shared
+                .counters
+                .requests
+                .fetch_add(self.d.unpublished_requests, Relaxed);
+            self.d.unpublished_requests = 0;
+        }
+    }
+
+    /// The supervisor replaced this loop while a handler ran. Its sockets
+    /// are already shut down; close them (under the registry lock) and go.
+    fn exit_abandoned(&mut self) {
+        self.publish_counters();
+        let registry = self.d.shared.registry();
+        let closed = self.conns.len();
+        self.conns.clear();
+        drop(registry);
+        self.server.open_connections.fetch_sub(closed, Relaxed);
+        self.d.shared.open_connections.store(0, Relaxed);
+        log::info!(
+            "loop {} handler returned after the loop was abandoned; thread exits",
+            self.d.shared.name()
+        );
+    }
+}

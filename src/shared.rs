@@ -1,0 +1,295 @@
+//! State one loop shares with the supervisor and the server handle.
+//!
+//! # Atomic ordering
+//! Everything here is a statistic or a flag that carries no data with it,
+//! so `Relaxed` is enough: the heartbeat is compared only with earlier
+//! values of itself; counters are read for display; the `abandoned` and
+//! `draining` flags are polled by the loop, which is woken through its
+//! `mio::Waker` (a syscall, which orders everything before it) whenever it
+//! must notice one promptly. The fd registry is a mutex because its job is
+//! mutual exclusion: see [`FdRegistry`].
+
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use crossbeam_utils::CachePadded;
+
+/// A loop's heartbeat: `progress << 1 | busy`.
+///
+/// The loop sets busy and bumps progress when `poll` returns, bumps
+/// progress after every request, and clears busy before polling again. It
+/// never reads a clock for this and is never woken for it: the supervisor
+/// does the timing (see `supervisor::verdict`).
+#[derive(Debug, Default)]
+pub(crate) struct Heartbeat {
+    word: CachePadded<AtomicU64>,
+}
+
+impl Heartbeat {
+    pub(crate) const BUSY: u64 = 1;
+
+    /// Stores the loop's progress (a counter it keeps locally) and busy bit.
+    #[inline]
+    pub(crate) fn beat(&self, progress: u64, busy: bool) {
+        self.word.store(progress << 1 | u64::from(busy), Relaxed);
+    }
+
+    pub(crate) fn read(&self) -> u64 {
+        self.word.load(Relaxed)
+    }
+}
+
+/// Counters of one slot. They outlive the loops of the slot, so replacing
+/// a loop never makes a counter go down.
+#[derive(Debug, Default)]
+pub(crate) struct SlotCounters {
+    pub(crate) requests: CachePadded<AtomicU64>,
+    pub(crate) accepted: AtomicU64,
+    pub(crate) handler_panics: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) replaced_stalled: AtomicU64,
+    pub(crate) replaced_died: AtomicU64,
+    pub(crate) recycled: AtomicU64,
+}
+
+/// The fds of a loop's connections, so that the supervisor can shut them
+/// down when it abandons the loop.
+///
+/// The loop inserts an fd after accepting it and removes it, *and closes
+/// it*, with the lock held; the supervisor shuts fds down with the lock
+/// held. So an fd number the supervisor sees is always the loop's own
+/// socket, never a number the kernel reused for something else.
+#[derive(Debug, Default)]
+pub(crate) struct FdRegistry {
+    /// Indexed by connection token; -1 marks a free entry.
+    fds: Vec<RawFd>,
+    /// Set by the supervisor once it has shut everything down.
+    closed: bool,
+}
+
+impl FdRegistry {
+    pub(crate) fn insert(&mut self, token: usize, fd: RawFd) {
+        if self.fds.len() <= token {
+            self.fds.resize(token + 1, -1);
+        }
+        self.fds[token] = fd;
+    }
+
+    pub(crate) fn remove(&mut self, token: usize) {
+        if let Some(entry) = self.fds.get_mut(token) {
+            *entry = -1;
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Shuts down every registered socket and marks the registry closed.
+    /// Returns how many were shut down.
+    pub(crate) fn shut_down_all(&mut self) -> usize {
+        self.closed = true;
+        let mut count = 0;
+        for &fd in self.fds.iter().filter(|&&fd| fd >= 0) {
+            // A socket the peer already closed reports ENOTCONN: nothing to do.
+            if crate::sys::shutdown_both(fd).is_ok() {
+                count += 1;
+            }
+        }
+        count
+    }
+}
+
+/// The method and path of the request a loop is serving, stored as eight
+/// relaxed words so that recording costs a few stores and no lock. The
+/// supervisor reads it only when the loop is stuck (so it is not being
+/// written); a torn read while the loop runs is harmless, it is only logged.
+#[derive(Debug, Default)]
+pub(crate) struct RequestRecord {
+    words: [AtomicU64; 8],
+}
+
+impl RequestRecord {
+    pub(crate) fn record(&self, method: &str, path: &str) {
+        let mut bytes = [0u8; 64];
+        let mut len = 0;
+        for part in [method.as_bytes(), b" ", path.as_bytes()] {
+            let take = part.len().min(bytes.len() - len);
+            bytes[len..len + take].copy_from_slice(&part[..take]);
+            len += take;
+        }
+        for (word, chunk) in self.words.iter().zip(bytes.chunks_exact(8)) {
+            word.store(
+                u64::from_ne_bytes(chunk.try_into().expect("8 bytes")),
+                Relaxed,
+            );
+        }
+    }
+
+    /// `"GET /path"` as last recorded, or `None` before the first request.
+    pub(crate) fn read(&self) -> Option<String> {
+        let mut bytes = Vec::with_capacity(64);
+        for word in &self.words {
+            bytes.extend_from_slice(&word.load(Relaxed).to_ne_bytes());
+        }
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        bytes.truncate(end);
+        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// What a loop is doing, for the snapshot and the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoopState {
+    Starting,
+    Serving,
+    /// Finishing its connections before it exits (recycle or shutdown).
+    Draining,
+    /// Stalled and replaced; its thread has not come back yet.
+    Abandoned,
+    Exited,
+}
+
+impl LoopState {
+    fn from_u8(value: u8) -> LoopState {
+        match value {
+            0 => LoopState::Starting,
+            1 => LoopState::Serving,
+            2 => LoopState::Draining,
+            3 => LoopState::Abandoned,
+            _ => LoopState::Exited,
+        }
+    }
+}
+
+/// One loop (one slot, one generation), as seen from outside it.
+#[derive(Debug)]
+pub(crate) struct LoopShared {
+    pub(crate) slot: usize,
+    pub(crate) generation: u32,
+    pub(crate) core: Option<usize>,
+    pub(crate) started: Instant,
+    pub(crate) heartbeat: Heartbeat,
+    pub(crate) counters: Arc<SlotCounters>,
+    pub(crate) open_connections: AtomicUsize,
+    pub(crate) registry: Mutex<FdRegistry>,
+    pub(crate) current_request: RequestRecord,
+    /// Kernel thread id, once the thread runs (0 before).
+    pub(crate) tid: AtomicI32,
+    /// Set by the supervisor; the loop exits as soon as it sees it.
+    pub(crate) abandoned: AtomicBool,
+    /// Set to stop accepting, finish connections, and exit.
+    pub(crate) draining: AtomicBool,
+    state: AtomicUsize,
+    /// jemalloc arena of the loop, if jemalloc is the allocator.
+    pub(crate) arena: Mutex<Option<u32>>,
+    /// Wakes the loop from `poll`; set by the loop once its `Poll` exists.
+    pub(crate) waker: Mutex<Option<Arc<mio::Waker>>>,
+}
+
+impl LoopShared {
+    pub(crate) fn new(
+        slot: usize,
+        generation: u32,
+        core: Option<usize>,
+        counters: Arc<SlotCounters>,
+    ) -> LoopShared {
+        LoopShared {
+            slot,
+            generation,
+            core,
+            started: Instant::now(),
+            heartbeat: Heartbeat::default(),
+            counters,
+            open_connections: AtomicUsize::new(0),
+            registry: Mutex::new(FdRegistry::default()),
+            current_request: RequestRecord::default(),
+            tid: AtomicI32::new(0),
+            abandoned: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            state: AtomicUsize::new(0),
+            arena: Mutex::new(None),
+            waker: Mutex::new(None),
+        }
+    }
+
+    /// `loop <slot>.<generation>`, as every log line names a loop.
+    pub(crate) fn name(&self) -> String {
+        format!("{}.{}", self.slot, self.generation)
+    }
+
+    pub(crate) fn state(&self) -> LoopState {
+        LoopState::from_u8(self.state.load(Relaxed) as u8)
+    }
+
+    pub(crate) fn set_state(&self, state: LoopState) {
+        self.state.store(state as usize, Relaxed);
+    }
+
+    /// The registry lock. A poisoned lock only means a loop panicked while
+    /// holding it; the fd list itself is still consistent.
+    pub(crate) fn registry(&self) -> MutexGuard<'_, FdRegistry> {
+        self.registry
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Wakes the loop so it notices a flag set from outside.
+    pub(crate) fn wake(&self) {
+        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(waker) = waker {
+            if let Err(err) = waker.wake() {
+                log::debug!("loop {} wake failed: {err}", self.name());
+            }
+        }
+    }
+
+    /// Asks the loop to stop accepting, finish its connections and exit.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Relaxed);
+        self.wake();
+    }
+}
+
+/// The message of a panic payload, for the log.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_record_keeps_method_and_truncated_path() {
+        let record = RequestRecord::default();
+        assert_eq!(record.read(), None);
+        record.record("GET", "/spin");
+        assert_eq!(record.read().as_deref(), Some("GET /spin"));
+        let long = format!("/{}", "x".repeat(100));
+        record.record("POST", &long);
+        assert_eq!(record.read().unwrap().len(), 64);
+        record.record("GET", "/a");
+        assert_eq!(
+            record.read().as_deref(),
+            Some("GET /a"),
+            "shorter record clears the rest"
+        );
+    }
+
+    #[test]
+    fn heartbeat_word_layout() {
+        let heartbeat = Heartbeat::default();
+        heartbeat.beat(5, true);
+        assert_eq!(heartbeat.read(), 5 << 1 | Heartbeat::BUSY);
+        heartbeat.beat(5, false);
+        assert_eq!(heartbeat.read(), 5 << 1);
+    }
+}

@@ -1,0 +1,542 @@
+//! The supervisor thread: samples every loop's heartbeat, replaces loops
+//! that stall or die, recycles loops that grow past the memory limit, and
+//! runs shutdowns. It is the only owner of loop threads.
+
+mod intensity;
+pub(crate) mod verdict;
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::event_loop;
+use crate::memory;
+use crate::server::{MemoryReport, Outcome, ServerShared};
+use crate::shared::{panic_message, LoopShared, LoopState};
+use crate::sys;
+use crate::ServiceFactory;
+use intensity::RestartIntensity;
+use verdict::{judge, Observation, Verdict};
+
+/// How long the supervisor waits for a new loop to be listening before it
+/// goes on (it only waits so that the loop is in `epoll_wait` before the
+/// clients of a stalled loop reconnect).
+const SPAWN_READY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Respawn delays for a slot whose loops keep dying at start.
+const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Recycle(usize),
+    Shutdown,
+    Stop,
+}
+
+/// Starts every loop and the supervisor thread.
+pub(crate) fn start<F: ServiceFactory>(
+    server: Arc<ServerShared>,
+    factory: Arc<F>,
+) -> io::Result<(Sender<Command>, JoinHandle<Outcome>)> {
+    let (commands, inbox) = crossbeam_channel::unbounded();
+    let cores = core_ids(&server);
+    let mut supervisor = Supervisor {
+        server: server.clone(),
+        factory,
+        slots: Vec::new(),
+        retiring: Vec::new(),
+        abandoned: Vec::new(),
+        intensity: RestartIntensity::new(server.config.restart_limit, server.config.restart_window),
+        cores,
+        next_memory_check: Instant::now(),
+        shutdown_deadline: None,
+        outcome: Outcome::Stopped,
+    };
+    for slot in 0..server.config.loops {
+        let running = supervisor.spawn_loop(slot, 0)?;
+        supervisor.slots.push(Slot {
+            running: Some(running),
+            observation: None,
+            generation: 0,
+            deaths_in_a_row: 0,
+            respawn_at: None,
+            mem_warned: false,
+        });
+    }
+    supervisor.publish_loops();
+    log::info!(
+        "vigil listening addr={} loops={} cores={:?} stall_timeout={:?} check_interval={:?}",
+        server.local_addr,
+        server.config.loops,
+        supervisor.cores,
+        server.config.stall_timeout,
+        server.config.effective_check_interval()
+    );
+    let handle = thread::Builder::new()
+        .name("vigil-supervisor".into())
+        .spawn(move || supervisor.run(inbox))?;
+    Ok((commands, handle))
+}
+
+/// The core of each slot, or `None` everywhere when pinning is off.
+fn core_ids(server: &ServerShared) -> Vec<Option<usize>> {
+    let ids = if server.config.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    (0..server.config.loops)
+        .map(|slot| (!ids.is_empty()).then(|| ids[slot % ids.len()].id))
+        .collect()
+}
+
+#[derive(Debug)]
+struct Running {
+    shared: Arc<LoopShared>,
+    thread: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    running: Option<Running>,
+    observation: Option<Observation>,
+    generation: u32,
+    deaths_in_a_row: u32,
+    respawn_at: Option<Instant>,
+    mem_warned: bool,
+}
+
+struct Supervisor<F> {
+    server: Arc<ServerShared>,
+    factory: Arc<F>,
+    slots: Vec<Slot>,
+    /// Loops recycled gracefully and still finishing their connections.
+    retiring: Vec<Running>,
+    /// Stalled loops given up on, whose threads may still return.
+    abandoned: Vec<Running>,
+    intensity: RestartIntensity,
+    cores: Vec<Option<usize>>,
+    next_memory_check: Instant,
+    shutdown_deadline: Option<Instant>,
+    outcome: Outcome,
+}
+
+impl<F: ServiceFactory> Supervisor<F> {
+    fn run(mut self, inbox: Receiver<Command>) -> Outcome {
+        let interval = self.server.config.effective_check_interval();
+        loop {
+            match inbox.recv_timeout(interval) {
+                Ok(Command::Recycle(slot)) => self.recycle(slot, "requested"),
+                Ok(Command::Shutdown) => self.begin_shutdown(),
+                Ok(Command::Stop) => self.server.stop_now.store(true, Relaxed),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+            }
+            let now = Instant::now();
+            if self.server.stop_now.load(Relaxed) {
+                self.stop_all();
+                return self.outcome;
+            }
+            if self.shutdown_deadline.is_some() {
+                if self.shutdown_finished(now) {
+                    return self.outcome;
+                }
+                continue;
+            }
+            self.check_loops(now);
+            self.reap(now);
+            if now >= self.next_memory_check {
+                self.check_memory();
+                self.next_memory_check = now + self.server.config.mem_interval;
+            }
+        }
+    }
+
+    /// Spawns generation `generation` of `slot` and waits until it listens.
+    fn spawn_loop(&self, slot: usize, generation: u32) -> io::Result<Running> {
+        let shared = Arc::new(LoopShared::new(
+            slot,
+            generation,
+            self.cores[slot],
+            self.server.slots[slot].clone(),
+        ));
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let thread = event_loop::spawn(
+            shared.clone(),
+            self.server.clone(),
+            self.factory.clone(),
+            ready_tx,
+        )?;
+        // An error means the loop failed to start; the next check sees it dead.
+        let _ = ready_rx.recv_timeout(SPAWN_READY_TIMEOUT);
+        Ok(Running { shared, thread })
+    }
+
+    /// Makes the snapshot's list of current loops match the slots.
+    fn publish_loops(&self) {
+        let current: Vec<Arc<LoopShared>> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.running.as_ref().map(|r| r.shared.clone()))
+            .collect();
+        *self.server.loops.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        let abandoned: Vec<Arc<LoopShared>> =
+            self.abandoned.iter().map(|r| r.shared.clone()).collect();
+        *self
+            .server
+            .abandoned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = abandoned;
+    }
+
+    fn check_loops(&mut self, now: Instant) {
+        let stall_timeout = self.server.config.stall_timeout;
+        for slot in 0..self.slots.len() {
+            let Some(running) = &self.slots[slot].running else {
+                if self.slots[slot].respawn_at.is_some_and(|at| now >= at) {
+                    self.respawn(slot);
+                }
+                continue;
+            };
+            if running.thread.is_finished() {
+                self.loop_died(slot, now);
+                continue;
+            }
+            let word = running.shared.heartbeat.read();
+            let (observation, verdict) =
+                judge(self.slots[slot].observation, word, now, stall_timeout);
+            self.slots[slot].observation = Some(observation);
+            if let Verdict::Stalled { stuck_for } = verdict {
+                self.abandon(slot, stuck_for, now);
+            }
+        }
+    }
+
+    /// Replaces a stalled loop.
+    ///
+    /// The order differs from "close, quarantine, spawn" on one point: the
+    /// replacement is started (and listening) *before* the stalled loop's
+    /// connections are shut down. Those clients reconnect within
+    /// microseconds; if the replacement is not yet in `epoll_wait`, they
+    /// all land on the other loops and stay there.
+    fn abandon(&mut self, slot: usize, stuck_for: Duration, now: Instant) {
+        let Some(old) = self.slots[slot].running.take() else {
+            return;
+        };
+        old.shared.abandoned.store(true, Relaxed);
+        old.shared.set_state(LoopState::Abandoned);
+        let replacement = self.next_generation(slot);
+        let closed = old.shared.registry().shut_down_all();
+        let tid = old.shared.tid.load(Relaxed);
+        if tid > 0 {
+            if let Err(err) = sys::set_idle_priority(tid) {
+                log::warn!(
+                    "loop {} could not be moved to SCHED_IDLE: {err}",
+                    old.shared.name()
+                );
+            }
+        }
+        old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
+        log::warn!(
+            "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} request={:?} replaced_by={}; thread abandoned",
+            old.shared.name(),
+            stuck_for,
+            closed,
+            old.shared.current_request.read().unwrap_or_default(),
+            replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
+        );
+        self.abandoned.push(old);
+        self.record_restart(now);
+        self.publish_loops();
+        if self.abandoned.len() > self.server.config.max_abandoned {
+            log::error!(
+                "abandoned threads alive={} over max_abandoned={}: draining and exiting; only a new process can free them",
+                self.abandoned.len(),
+                self.server.config.max_abandoned
+            );
+            self.outcome = Outcome::AbandonedBudgetExceeded;
+            self.begin_shutdown();
+        }
+    }
+
+    /// Spawns the next generation into `slot`; on failure schedules a retry.
+    fn next_generation(&mut self, slot: usize) -> Option<u32> {
+        let generation = self.slots[slot].generation + 1;
+        self.slots[slot].generation = generation;
+        self.slots[slot].observation = None;
+        match self.spawn_loop(slot, generation) {
+            Ok(running) => {
+                self.slots[slot].running = Some(running);
+                Some(generation)
+            }
+            Err(err) => {
+                log::error!("loop {slot}.{generation} could not be spawned: {err}");
+                self.slots[slot].respawn_at = Some(Instant::now() + RESPAWN_BACKOFF_MAX);
+                None
+            }
+        }
+    }
+
+    fn loop_died(&mut self, slot: usize, now: Instant) {
+        let Some(dead) = self.slots[slot].running.take() else {
+            return;
+        };
+        let name = dead.shared.name();
+        let lived = dead.shared.started.elapsed();
+        let cause = match dead.thread.join() {
+            Ok(()) => "loop returned".to_string(),
+            Err(payload) => panic_message(payload.as_ref()).to_string(),
+        };
+        dead.shared.counters.replaced_died.fetch_add(1, Relaxed);
+        let state = &mut self.slots[slot];
+        // A loop that dies right after it starts would otherwise be
+        // respawned in a tight loop.
+        state.deaths_in_a_row = if lived < Duration::from_secs(1) {
+            state.deaths_in_a_row + 1
+        } else {
+            1
+        };
+        let delay = if state.deaths_in_a_row <= 1 {
+            Duration::ZERO
+        } else {
+            (RESPAWN_BACKOFF_MIN * 2u32.saturating_pow(state.deaths_in_a_row - 2))
+                .min(RESPAWN_BACKOFF_MAX)
+        };
+        log::error!(
+            "loop {name} died reason=died cause={cause:?} lived={lived:?}; respawning in {delay:?}"
+        );
+        self.record_restart(now);
+        self.slots[slot].respawn_at = Some(now + delay);
+        if delay.is_zero() {
+            self.respawn(slot);
+        }
+        self.publish_loops();
+    }
+
+    fn respawn(&mut self, slot: usize) {
+        self.slots[slot].respawn_at = None;
+        if let Some(generation) = self.next_generation(slot) {
+            log::info!("loop {slot}.{generation} started");
+        }
+        self.publish_loops();
+    }
+
+    /// Graceful replacement: the new loop takes new connections at once,
+    /// the old one stops accepting, finishes its requests and exits.
+    fn recycle(&mut self, slot: usize, reason: &str) {
+        if self.shutdown_deadline.is_some() || slot >= self.slots.len() {
+            return;
+        }
+        let Some(old) = self.slots[slot].running.take() else {
+            return;
+        };
+        let replacement = self.next_generation(slot);
+        old.shared.start_draining();
+        old.shared.counters.recycled.fetch_add(1, Relaxed);
+        log::info!(
+            "loop {} recycled reason={reason} replaced_by={}",
+            old.shared.name(),
+            replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
+        );
+        self.retiring.push(old);
+        self.slots[slot].mem_warned = false;
+        self.publish_loops();
+    }
+
+    fn record_restart(&mut self, now: Instant) {
+        if self.intensity.record(now) {
+            self.server.intensity_exceeded.fetch_add(1, Relaxed);
+            log::error!(
+                "restart intensity exceeded: more than {} replacements within {:?}",
+                self.server.config.restart_limit,
+                self.server.config.restart_window
+            );
+        }
+    }
+
+    /// Joins retired loops and abandoned threads that came back.
+    fn reap(&mut self, now: Instant) {
+        self.retiring.retain(|r| !r.thread.is_finished());
+        let before = self.abandoned.len();
+        self.abandoned.retain(|r| {
+            if !r.thread.is_finished() {
+                return true;
+            }
+            log::info!(
+                "loop {} reclaimed: abandoned thread exited after {:?}",
+                r.shared.name(),
+                now.saturating_duration_since(r.shared.started)
+            );
+            false
+        });
+        let reclaimed = before - self.abandoned.len();
+        if reclaimed > 0 {
+            self.server.reclaimed.fetch_add(reclaimed as u64, Relaxed);
+            self.publish_loops();
+        }
+    }
+
+    fn check_memory(&mut self) {
+        if !memory::advance_epoch() {
+            let mut report = self.server.memory.lock().unwrap_or_else(|p| p.into_inner());
+            *report = MemoryReport {
+                process: Some(memory::process_memory()),
+                arenas: Vec::new(),
+            };
+            return;
+        }
+        let mut arenas = Vec::new();
+        let all = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .chain(self.abandoned.iter())
+            .chain(self.retiring.iter());
+        for running in all {
+            let arena = *running
+                .shared
+                .arena
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(stats) = arena.and_then(memory::arena_stats) {
+                arenas.push(((running.shared.slot, running.shared.generation), stats));
+            }
+        }
+        let config = &self.server.config;
+        let mut over_limit = Vec::new();
+        for (slot, state) in self.slots.iter_mut().enumerate() {
+            let Some(running) = &state.running else {
+                continue;
+            };
+            let key = (slot, running.shared.generation);
+            let Some((_, stats)) = arenas.iter().find(|(k, _)| *k == key) else {
+                continue;
+            };
+            if let Some(warn) = config.mem_warn {
+                // Once per crossing, as the chapter's master warned.
+                if stats.allocated > warn && !state.mem_warned {
+                    log::warn!(
+                        "loop {} using too much memory allocated={} mem_warn={warn}",
+                        running.shared.name(),
+                        stats.allocated
+                    );
+                }
+                state.mem_warned = stats.allocated > warn;
+            }
+            if config
+                .mem_limit
+                .is_some_and(|limit| stats.allocated > limit)
+            {
+                over_limit.push((slot, stats.allocated));
+            }
+        }
+        *self.server.memory.lock().unwrap_or_else(|p| p.into_inner()) = MemoryReport {
+            process: Some(memory::process_memory()),
+            arenas,
+        };
+        for (slot, allocated) in over_limit {
+            log::warn!(
+                "loop {slot}.{} over mem_limit allocated={allocated}; recycling",
+                self.slots[slot].generation
+            );
+            self.recycle(slot, "mem_limit");
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        let timeout = self.server.config.shutdown_timeout;
+        log::info!("shutdown: draining loops timeout={timeout:?}");
+        self.server.draining.store(true, Relaxed);
+        self.shutdown_deadline = Some(Instant::now() + timeout);
+        for running in self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .chain(&self.retiring)
+        {
+            running.shared.start_draining();
+        }
+    }
+
+    /// True once every loop has drained, or the deadline cut the rest.
+    fn shutdown_finished(&mut self, now: Instant) -> bool {
+        let all_done = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .chain(&self.retiring)
+            .all(|r| r.thread.is_finished());
+        if all_done {
+            self.finish("drained");
+            return true;
+        }
+        if self
+            .shutdown_deadline
+            .is_some_and(|deadline| now >= deadline)
+        {
+            let open = self.server.open_connections.load(Relaxed);
+            log::warn!("shutdown timeout reached; cutting open_connections={open}");
+            self.stop_all();
+            return true;
+        }
+        false
+    }
+
+    fn stop_all(&mut self) {
+        self.server.stop_now.store(true, Relaxed);
+        for running in self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .chain(&self.retiring)
+        {
+            running.shared.wake();
+        }
+        // Loops close their connections at their next wake-up; a loop stuck
+        // in a handler cannot, and is left behind.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        for running in self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .chain(&self.retiring)
+        {
+            while !running.thread.is_finished() && Instant::now() < deadline {
+                thread::park_timeout(Duration::from_millis(5));
+            }
+        }
+        self.finish("stopped");
+    }
+
+    fn finish(&self, how: &str) {
+        // Refuse new clients at once rather than leave them in the backlog.
+        if let Err(err) = sys::shutdown_read(std::os::fd::AsRawFd::as_raw_fd(&self.server.listener))
+        {
+            log::debug!("listener shutdown: {err}");
+        }
+        let requests: u64 = self
+            .server
+            .slots
+            .iter()
+            .map(|s| s.requests.load(Relaxed))
+            .sum();
+        let replaced: u64 = self
+            .server
+            .slots
+            .iter()
+            .map(|s| s.replaced_stalled.load(Relaxed) + s.replaced_died.load(Relaxed))
+            .sum();
+        log::info!(
+            "vigil {how} requests={requests} loops_replaced={replaced} abandoned_alive={} uptime={:?}",
+            self.abandoned.len(),
+            self.server.started.elapsed()
+        );
+    }
+}
