@@ -98,10 +98,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError(msg));
         if self.loops == 0 || self.loops > 1024 {
-            return fail(format!(
-                "loops must be between 1 and 1024, not {}",
-                self.loops
-            ));
+            return fail(format!("loops must be between 1 and 1024, not {}", self.loops));
         }
         let l = &self.limits;
         if l.max_head_bytes < 64 || l.max_head_bytes > 1 << 20 {
@@ -117,10 +114,7 @@ impl Config {
             ));
         }
         if l.max_body_bytes > 1 << 40 {
-            return fail(format!(
-                "max body bytes must be at most 1 TiB, not {}",
-                l.max_body_bytes
-            ));
+            return fail(format!("max body bytes must be at most 1 TiB, not {}", l.max_body_bytes));
         }
         if self.max_connections == 0 {
             return fail("max connections must be at least 1".into());
@@ -153,9 +147,7 @@ impl Config {
 /// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: f64 = number.parse().map_err(|_| {
         format!("invalid duration {text:?}: expected a number and a unit such as 250ms or 2s")
@@ -182,9 +174,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let value: u64 = number.parse().map_err(|_| {
         format!("invalid size {text:?}: expected a number of bytes such as 65536 or 64MiB")
@@ -205,9 +195,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
             ))
         }
     };
-    value
-        .checked_mul(scale)
-        .ok_or_else(|| format!("invalid size {text:?}: too large"))
+    value.checked_mul(scale).ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[cfg(test)]
@@ -241,32 +229,19 @@ mod tests {
 
     #[test]
     fn check_interval_defaults_to_an_eighth_of_the_stall_timeout() {
-        let mut config = Config {
-            stall_timeout: Duration::from_secs(2),
-            ..Config::default()
-        };
-        assert_eq!(
-            config.effective_check_interval(),
-            Duration::from_millis(250)
-        );
+        let mut config = Config { stall_timeout: Duration::from_secs(2), ..Config::default() };
+        assert_eq!(config.effective_check_interval(), Duration::from_millis(250));
         config.stall_timeout = Duration::from_millis(40);
         assert_eq!(config.effective_check_interval(), Duration::from_millis(10));
     }
 
     #[test]
     fn validation_names_the_setting() {
-        let config = Config {
-            loops: 0,
-            ..Config::default()
-        };
+        let config = Config { loops: 0, ..Config::default() };
         assert!(config.validate().unwrap_err().to_string().contains("loops"));
         let mut config = Config::default();
         config.limits.max_headers = 10_000;
-        assert!(config
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("max headers"));
+        assert!(config.validate().unwrap_err().to_string().contains("max headers"));
         assert!(Config::default().validate().is_ok());
     }
 }

@@ -216,25 +216,12 @@ impl Conn {
         match self.timer {
             Timer::Idle | Timer::Linger => Next::Close,
             Timer::Request => {
-                d.shared
-                    .counters
-                    .rejected
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.input.clear();
                 response::encode_reject(408, "request not received in time", &d.date, &mut d.out);
                 self.closing = Closing::AfterWrite;
                 self.flush(d)
             }
-        }
-    }
-
-    /// Called when the loop starts draining: idle connections close now,
-    /// busy ones get `Connection: close` on their next response.
-    pub(crate) fn on_drain(&self) -> Next {
-        if self.is_idle() {
-            Next::Close
-        } else {
-            Next::Wait
         }
     }
 
@@ -258,11 +245,7 @@ impl Conn {
         // A short read emptied the socket: with edge-triggered readiness a
         // later arrival raises a new event, so the usual extra read that
         // only returns EAGAIN can be saved (about 0.4 us per request).
-        Ok(if n < scratch.len() {
-            ReadResult::Drained
-        } else {
-            ReadResult::More
-        })
+        Ok(if n < scratch.len() { ReadResult::Drained } else { ReadResult::More })
     }
 
     fn read_into_own_buffer<F: ServiceFactory>(
@@ -297,11 +280,7 @@ impl Conn {
         if self.input.capacity() > 4 * SLOW_READ_CHUNK && self.input.len() < SLOW_READ_CHUNK {
             self.input.shrink_to(SLOW_READ_CHUNK);
         }
-        Ok(if n < SLOW_READ_CHUNK {
-            ReadResult::Drained
-        } else {
-            ReadResult::More
-        })
+        Ok(if n < SLOW_READ_CHUNK { ReadResult::Drained } else { ReadResult::More })
     }
 
     /// Handles every complete request at the start of `buf`; returns how
@@ -404,11 +383,7 @@ impl Conn {
         if progress.done {
             return Ok(self.chunked.take());
         }
-        if body.fed
-            > d.limits
-                .max_body_bytes
-                .saturating_add(CHUNK_OVERHEAD_ALLOWANCE)
-        {
+        if body.fed > d.limits.max_body_bytes.saturating_add(CHUNK_OVERHEAD_ALLOWANCE) {
             return Err(Reject::new(413, "chunk framing too large"));
         }
         Ok(None)
@@ -422,10 +397,7 @@ impl Conn {
             reject.status,
             reject.why
         );
-        d.shared
-            .counters
-            .rejected
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         response::encode_reject(reject.status, reject.why, &d.date, &mut d.out);
         self.chunked = None;
         self.closing = Closing::AfterWrite;
@@ -458,10 +430,7 @@ impl Conn {
         d.progress += 1;
         d.shared.heartbeat.beat(d.progress, true);
         d.unpublished_requests += 1;
-        if d.shared
-            .abandoned
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
+        if d.shared.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
             // The supervisor closed our sockets and replaced us while the
             // handler ran; this response has nowhere to go.
             d.abandoned = true;
@@ -476,9 +445,7 @@ impl Conn {
             Err(payload) => {
                 handler_panicked(&req, payload.as_ref(), d);
                 let mut failure = Response::new();
-                failure
-                    .status(500)
-                    .body_static(b"500 Internal Server Error\n");
+                failure.status(500).body_static(b"500 Internal Server Error\n");
                 failure.header("Content-Type", "text/plain");
                 response::encode(&failure, encoding, &d.date, &mut d.out)
             }
@@ -597,10 +564,7 @@ fn handler_panicked<F: ServiceFactory>(
         req.path(),
         message
     );
-    d.shared
-        .counters
-        .handler_panics
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    d.shared.counters.handler_panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     // The instance may be half-updated; a fresh one is the safe state. If
     // the factory itself panics, the loop dies and the supervisor respawns it.
     d.service = d.factory.new_service(d.shared.slot);

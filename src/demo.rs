@@ -24,11 +24,7 @@ impl App {
         let seed = Instant::now().elapsed().as_nanos() as u64
             ^ std::process::id() as u64
             ^ (slot as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        App {
-            options,
-            hoard: Vec::new(),
-            rng: seed | 1,
-        }
+        App { options, hoard: Vec::new(), rng: seed | 1 }
     }
 
     /// xorshift64: plenty for a 1-in-N coin and no dependency.
@@ -84,7 +80,6 @@ impl Service for App {
         if self.options.demo && self.demo(req, res) {
             return;
         }
-        res.header("Content-Type", "text/plain")
-            .body_static(b"Hello World\n");
+        res.header("Content-Type", "text/plain").body_static(b"Hello World\n");
     }
 }

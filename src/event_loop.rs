@@ -41,30 +41,28 @@ pub(crate) fn spawn<F: ServiceFactory>(
     factory: Arc<F>,
     ready: crossbeam_channel::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
-    thread::Builder::new()
-        .name(format!("vigil-loop-{}", shared.slot))
-        .spawn(move || {
-            shared.tid.store(sys::thread_id(), Relaxed);
-            if let Some(core) = shared.core {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-                    log::warn!("loop {} could not be pinned to core {core}", shared.name());
+    thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
+        shared.tid.store(sys::thread_id(), Relaxed);
+        if let Some(core) = shared.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                log::warn!("loop {} could not be pinned to core {core}", shared.name());
+            }
+        }
+        *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) = memory::bind_thread_arena();
+        let service = factory.new_service(shared.slot);
+        match EventLoop::new(shared.clone(), server, factory, service) {
+            Ok(event_loop) => {
+                if let Err(err) = event_loop.run(ready) {
+                    log::error!("loop {} failed: {err}", shared.name());
                 }
             }
-            *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) = memory::bind_thread_arena();
-            let service = factory.new_service(shared.slot);
-            match EventLoop::new(shared.clone(), server, factory, service) {
-                Ok(event_loop) => {
-                    if let Err(err) = event_loop.run(ready) {
-                        log::error!("loop {} failed: {err}", shared.name());
-                    }
-                }
-                Err(err) => log::error!("loop {} could not start: {err}", shared.name()),
-            }
-            if let Some(arena) = *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) {
-                memory::release_arena(arena);
-            }
-            shared.set_state(LoopState::Exited);
-        })
+            Err(err) => log::error!("loop {} could not start: {err}", shared.name()),
+        }
+        if let Some(arena) = *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) {
+            memory::release_arena(arena);
+        }
+        shared.set_state(LoopState::Exited);
+    })
 }
 
 struct EventLoop<F: ServiceFactory> {
@@ -191,10 +189,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                     log::info!("loop {} drained, exiting", self.d.shared.name());
                     return Ok(());
                 }
-                if self
-                    .drain_deadline
-                    .is_some_and(|deadline| self.d.now >= deadline)
-                {
+                if self.drain_deadline.is_some_and(|deadline| self.d.now >= deadline) {
                     log::warn!(
                         "loop {} drain timed out, closing connections={}",
                         self.d.shared.name(),
@@ -217,10 +212,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         if !self.conns.is_empty() {
             wake_at = Some(self.next_sweep);
         }
-        for at in [self.accept_paused_until, self.drain_deadline]
-            .into_iter()
-            .flatten()
-        {
+        for at in [self.accept_paused_until, self.drain_deadline].into_iter().flatten() {
             wake_at = Some(wake_at.map_or(at, |w: Instant| w.min(at)));
         }
         wake_at.map(|at| at.saturating_duration_since(Instant::now()))
@@ -248,10 +240,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             if let Err(err) =
                 sys::epoll_delete(self.poll.as_raw_fd(), self.server.listener.as_raw_fd())
             {
-                log::warn!(
-                    "loop {} could not leave the listener: {err}",
-                    self.d.shared.name()
-                );
+                log::warn!("loop {} could not leave the listener: {err}", self.d.shared.name());
             }
             self.listening = false;
         }
@@ -287,17 +276,11 @@ impl<F: ServiceFactory> EventLoop<F> {
     }
 
     fn resume_accepting_if_due(&mut self) {
-        if self
-            .accept_paused_until
-            .is_some_and(|until| self.d.now >= until)
-        {
+        if self.accept_paused_until.is_some_and(|until| self.d.now >= until) {
             self.accept_paused_until = None;
             if !self.d.draining {
                 if let Err(err) = self.listen() {
-                    log::error!(
-                        "loop {} could not resume accepting: {err}",
-                        self.d.shared.name()
-                    );
+                    log::error!("loop {} could not resume accepting: {err}", self.d.shared.name());
                 }
             }
         }
@@ -378,9 +361,13 @@ impl<F: ServiceFactory> EventLoop<F> {
         let mut registry = self.d.shared.registry();
         registry.remove(key);
         drop(conn);
-        drop(registry);
+        // Once the registry is closed (abandoned), the supervisor has taken
+        // this loop's connections off the server's count.
+        if !registry.is_closed() {
+            self.server.open_connections.fetch_sub(1, Relaxed);
+        }
         self.d.shared.open_connections.fetch_sub(1, Relaxed);
-        self.server.open_connections.fetch_sub(1, Relaxed);
+        drop(registry);
     }
 
     fn close_all(&mut self) {
@@ -421,30 +408,24 @@ impl<F: ServiceFactory> EventLoop<F> {
             self.server.config.drain_timeout
         };
         self.drain_deadline = Some(self.d.now + timeout);
-        let idle: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, conn)| conn.on_drain() == Next::Close)
-            .map(|(key, _)| key)
-            .collect();
-        log::info!(
-            "loop {} draining open={} closed_idle={}",
-            self.d.shared.name(),
-            self.conns.len(),
-            idle.len()
-        );
-        for key in idle {
-            self.close(key);
+        let open = self.conns.len();
+        // Read first: a request may already sit in the socket of a
+        // connection that looks idle; it is answered (with `Connection:
+        // close`) rather than cut off. Idle connections are closed.
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.on_conn_event(key, true, false);
         }
+        log::info!(
+            "loop {} draining open={open} still_busy={}",
+            self.d.shared.name(),
+            self.conns.len()
+        );
     }
 
     fn publish_counters(&mut self) {
         if self.d.unpublished_requests > 0 {
-            self.d
-                .shared
-                .counters
-                .requests
-                .fetch_add(self.d.unpublished_requests, Relaxed);
+            self.d.shared.counters.requests.fetch_add(self.d.unpublished_requests, Relaxed);
             self.d.unpublished_requests = 0;
         }
     }
@@ -454,11 +435,9 @@ impl<F: ServiceFactory> EventLoop<F> {
     fn exit_abandoned(&mut self) {
         self.publish_counters();
         let registry = self.d.shared.registry();
-        let closed = self.conns.len();
         self.conns.clear();
-        drop(registry);
-        self.server.open_connections.fetch_sub(closed, Relaxed);
         self.d.shared.open_connections.store(0, Relaxed);
+        drop(registry);
         log::info!(
             "loop {} handler returned after the loop was abandoned; thread exits",
             self.d.shared.name()

@@ -103,9 +103,7 @@ fn chance(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid chance {text:?}: expected 1/N, e.g. 1/200"))?;
     match denominator.parse::<u64>() {
         Ok(n) if n >= 1 => Ok(n),
-        _ => Err(format!(
-            "invalid chance {text:?}: N must be a whole number of at least 1"
-        )),
+        _ => Err(format!("invalid chance {text:?}: N must be a whole number of at least 1")),
     }
 }
 
@@ -176,10 +174,7 @@ fn usage_error(message: &str) -> ExitCode {
 }
 
 fn run(config: Config, args: &Args) -> Result<Outcome, String> {
-    let options = demo::Options {
-        demo: args.demo,
-        chaos_stall: args.chaos_stall,
-    };
+    let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall };
     let handle = Server::new(move |slot| demo::App::new(slot, options))
         .config(config)
         .start()

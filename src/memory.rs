@@ -21,9 +21,8 @@ pub(crate) fn available() -> bool {
         };
         let before = before.get();
         let probe = std::hint::black_box(vec![1u8; 64 * 1024]);
-        let after = tikv_jemalloc_ctl::thread::allocatedp::read()
-            .map(|p| p.get())
-            .unwrap_or(before);
+        let after =
+            tikv_jemalloc_ctl::thread::allocatedp::read().map(|p| p.get()).unwrap_or(before);
         drop(probe);
         after >= before + 64 * 1024
     })
@@ -68,10 +67,7 @@ pub(crate) fn release_arena(arena: u32) {
     if let Err(err) = unsafe { raw::write::<()>(name.as_bytes(), ()) } {
         log::debug!("jemalloc purge of arena {arena} failed: {err}");
     }
-    FREE_ARENAS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(arena);
+    FREE_ARENAS.lock().unwrap_or_else(|p| p.into_inner()).push(arena);
 }
 
 /// Figures of one arena, in bytes.
@@ -105,9 +101,7 @@ pub(crate) fn arena_stats(arena: u32) -> Option<ArenaStats> {
     let read = |field: &str| -> Option<u64> {
         let name = format!("stats.arenas.{arena}.{field}\0");
         // SAFETY: all the fields read here are `size_t` statistics.
-        unsafe { raw::read::<usize>(name.as_bytes()) }
-            .ok()
-            .map(|v| v as u64)
+        unsafe { raw::read::<usize>(name.as_bytes()) }.ok().map(|v| v as u64)
     };
     let page = page_size()?;
     Some(ArenaStats {
@@ -122,10 +116,7 @@ pub(crate) fn arena_stats(arena: u32) -> Option<ArenaStats> {
 pub(crate) fn process_memory() -> ProcessMemory {
     let rss = crate::sys::resident_bytes().unwrap_or(0);
     if !available() {
-        return ProcessMemory {
-            rss,
-            ..ProcessMemory::default()
-        };
+        return ProcessMemory { rss, ..ProcessMemory::default() };
     }
     ProcessMemory {
         allocated: stats::allocated::read().unwrap_or(0) as u64,
@@ -138,9 +129,5 @@ pub(crate) fn process_memory() -> ProcessMemory {
 fn page_size() -> Option<u64> {
     static PAGE: OnceLock<Option<u64>> = OnceLock::new();
     // SAFETY: `arenas.page` is a `size_t` read.
-    *PAGE.get_or_init(|| {
-        unsafe { raw::read::<usize>(b"arenas.page\0") }
-            .ok()
-            .map(|p| p as u64)
-    })
+    *PAGE.get_or_init(|| unsafe { raw::read::<usize>(b"arenas.page\0") }.ok().map(|p| p as u64))
 }

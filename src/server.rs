@@ -86,10 +86,7 @@ impl<F: ServiceFactory> Server<F> {
     /// A server with the default configuration, making each loop's
     /// service with `factory`.
     pub fn new(factory: F) -> Self {
-        Server {
-            config: Config::default(),
-            factory,
-        }
+        Server { config: Config::default(), factory }
     }
 
     /// Replaces the whole configuration.
@@ -125,9 +122,7 @@ impl<F: ServiceFactory> Server<F> {
         sys::set_backlog(&listener, BACKLOG).map_err(StartError::Bind)?;
         listener.set_nonblocking(true).map_err(StartError::Bind)?;
         let local_addr = listener.local_addr().map_err(StartError::Bind)?;
-        let slots = (0..self.config.loops)
-            .map(|_| Arc::new(SlotCounters::default()))
-            .collect();
+        let slots = (0..self.config.loops).map(|_| Arc::new(SlotCounters::default())).collect();
         let shared = Arc::new(ServerShared {
             config: self.config,
             listener,
@@ -145,10 +140,7 @@ impl<F: ServiceFactory> Server<F> {
         });
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
-        Ok(ServerHandle {
-            control: Control { shared, commands },
-            supervisor: Some(supervisor),
-        })
+        Ok(ServerHandle { control: Control { shared, commands }, supervisor: Some(supervisor) })
     }
 }
 
@@ -244,11 +236,7 @@ impl Control {
     /// Counters and states of every loop, read now.
     pub fn snapshot(&self) -> Snapshot {
         let shared = &self.shared;
-        let memory = shared
-            .memory
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let memory = shared.memory.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let describe = |l: &Arc<LoopShared>| {
             let counters = &l.counters;
             LoopSnapshot {
@@ -285,16 +273,8 @@ impl Control {
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             ready: self.is_ready(),
             requests: shared.slots.iter().map(|s| s.requests.load(Relaxed)).sum(),
-            replaced_stalled: shared
-                .slots
-                .iter()
-                .map(|s| s.replaced_stalled.load(Relaxed))
-                .sum(),
-            replaced_died: shared
-                .slots
-                .iter()
-                .map(|s| s.replaced_died.load(Relaxed))
-                .sum(),
+            replaced_stalled: shared.slots.iter().map(|s| s.replaced_stalled.load(Relaxed)).sum(),
+            replaced_died: shared.slots.iter().map(|s| s.replaced_died.load(Relaxed)).sum(),
             recycled: shared.slots.iter().map(|s| s.recycled.load(Relaxed)).sum(),
             abandoned_alive: abandoned.len(),
             max_abandoned: shared.config.max_abandoned,

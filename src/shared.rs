@@ -90,6 +90,7 @@ impl FdRegistry {
     /// Shuts down every registered socket and marks the registry closed.
     /// Returns how many were shut down.
     pub(crate) fn shut_down_all(&mut self) -> usize {
+        debug_assert!(!self.closed, "a loop is abandoned once");
         self.closed = true;
         let mut count = 0;
         for &fd in self.fds.iter().filter(|&&fd| fd >= 0) {
@@ -121,10 +122,7 @@ impl RequestRecord {
             len += take;
         }
         for (word, chunk) in self.words.iter().zip(bytes.chunks_exact(8)) {
-            word.store(
-                u64::from_ne_bytes(chunk.try_into().expect("8 bytes")),
-                Relaxed,
-            );
+            word.store(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")), Relaxed);
         }
     }
 
@@ -232,9 +230,7 @@ impl LoopShared {
     /// The registry lock. A poisoned lock only means a loop panicked while
     /// holding it; the fd list itself is still consistent.
     pub(crate) fn registry(&self) -> MutexGuard<'_, FdRegistry> {
-        self.registry
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Wakes the loop so it notices a flag set from outside.
@@ -277,11 +273,7 @@ mod tests {
         record.record("POST", &long);
         assert_eq!(record.read().unwrap().len(), 64);
         record.record("GET", "/a");
-        assert_eq!(
-            record.read().as_deref(),
-            Some("GET /a"),
-            "shorter record clears the rest"
-        );
+        assert_eq!(record.read().as_deref(), Some("GET /a"), "shorter record clears the rest");
     }
 
     #[test]

@@ -36,10 +36,8 @@ pub(crate) fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()
 /// after a bounded accept batch) wakes a loop again.
 #[cfg(target_os = "linux")]
 pub(crate) fn epoll_add_exclusive(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32,
-        u64: token,
-    };
+    let mut event =
+        libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: token };
     syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event)).map(drop)
 }
 

@@ -12,10 +12,7 @@ pub(crate) struct DateCache {
 
 impl DateCache {
     pub(crate) fn new() -> DateCache {
-        let mut cache = DateCache {
-            secs: u64::MAX,
-            text: [b' '; 29],
-        };
+        let mut cache = DateCache { secs: u64::MAX, text: [b' '; 29] };
         cache.refresh(SystemTime::now());
         cache
     }

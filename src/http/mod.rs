@@ -30,11 +30,7 @@ pub const MAX_HEADERS_CAP: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_head_bytes: 8 * 1024,
-            max_headers: 100,
-            max_body_bytes: 1024 * 1024,
-        }
+        Limits { max_head_bytes: 8 * 1024, max_headers: 100, max_body_bytes: 1024 * 1024 }
     }
 }
 

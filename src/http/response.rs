@@ -30,12 +30,7 @@ impl Default for Response {
 impl Response {
     /// `200`, no headers, empty body.
     pub fn new() -> Response {
-        Response {
-            status: 200,
-            headers: Vec::new(),
-            body: Body::Static(b""),
-            close: false,
-        }
+        Response { status: 200, headers: Vec::new(), body: Body::Static(b""), close: false }
     }
 
     /// Sets the status code (100-999 are accepted; 1xx other than 101 and

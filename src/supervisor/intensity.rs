@@ -13,21 +13,13 @@ pub(crate) struct RestartIntensity {
 
 impl RestartIntensity {
     pub(crate) fn new(limit: u32, window: Duration) -> Self {
-        RestartIntensity {
-            limit,
-            window,
-            recent: VecDeque::new(),
-        }
+        RestartIntensity { limit, window, recent: VecDeque::new() }
     }
 
     /// Records a replacement at `now`; true when it takes the count within
     /// the window past the limit.
     pub(crate) fn record(&mut self, now: Instant) -> bool {
-        while self
-            .recent
-            .front()
-            .is_some_and(|&t| now.saturating_duration_since(t) > self.window)
-        {
+        while self.recent.front().is_some_and(|&t| now.saturating_duration_since(t) > self.window) {
             self.recent.pop_front();
         }
         self.recent.push_back(now);
@@ -45,13 +37,7 @@ mod tests {
         let mut intensity = RestartIntensity::new(2, Duration::from_secs(10));
         assert!(!intensity.record(t0));
         assert!(!intensity.record(t0 + Duration::from_secs(1)));
-        assert!(
-            intensity.record(t0 + Duration::from_secs(2)),
-            "third within 10 s"
-        );
-        assert!(
-            !intensity.record(t0 + Duration::from_secs(30)),
-            "old ones expired"
-        );
+        assert!(intensity.record(t0 + Duration::from_secs(2)), "third within 10 s");
+        assert!(!intensity.record(t0 + Duration::from_secs(30)), "old ones expired");
     }
 }

@@ -165,12 +165,8 @@ impl<F: ServiceFactory> Supervisor<F> {
             self.server.slots[slot].clone(),
         ));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let thread = event_loop::spawn(
-            shared.clone(),
-            self.server.clone(),
-            self.factory.clone(),
-            ready_tx,
-        )?;
+        let thread =
+            event_loop::spawn(shared.clone(), self.server.clone(), self.factory.clone(), ready_tx)?;
         // An error means the loop failed to start; the next check sees it dead.
         let _ = ready_rx.recv_timeout(SPAWN_READY_TIMEOUT);
         Ok(Running { shared, thread })
@@ -186,11 +182,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         *self.server.loops.lock().unwrap_or_else(|p| p.into_inner()) = current;
         let abandoned: Vec<Arc<LoopShared>> =
             self.abandoned.iter().map(|r| r.shared.clone()).collect();
-        *self
-            .server
-            .abandoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = abandoned;
+        *self.server.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = abandoned;
     }
 
     fn check_loops(&mut self, now: Instant) {
@@ -230,14 +222,18 @@ impl<F: ServiceFactory> Supervisor<F> {
         old.shared.abandoned.store(true, Relaxed);
         old.shared.set_state(LoopState::Abandoned);
         let replacement = self.next_generation(slot);
-        let closed = old.shared.registry().shut_down_all();
+        let closed = {
+            let mut registry = old.shared.registry();
+            let closed = registry.shut_down_all();
+            // Under the lock the loop also closes under: see `EventLoop::close`.
+            let open = old.shared.open_connections.load(Relaxed);
+            self.server.open_connections.fetch_sub(open, Relaxed);
+            closed
+        };
         let tid = old.shared.tid.load(Relaxed);
         if tid > 0 {
             if let Err(err) = sys::set_idle_priority(tid) {
-                log::warn!(
-                    "loop {} could not be moved to SCHED_IDLE: {err}",
-                    old.shared.name()
-                );
+                log::warn!("loop {} could not be moved to SCHED_IDLE: {err}", old.shared.name());
             }
         }
         old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
@@ -292,14 +288,14 @@ impl<F: ServiceFactory> Supervisor<F> {
             Err(payload) => panic_message(payload.as_ref()).to_string(),
         };
         dead.shared.counters.replaced_died.fetch_add(1, Relaxed);
+        // Its connections closed as the thread unwound, uncounted.
+        let open = dead.shared.open_connections.swap(0, Relaxed);
+        self.server.open_connections.fetch_sub(open, Relaxed);
         let state = &mut self.slots[slot];
         // A loop that dies right after it starts would otherwise be
         // respawned in a tight loop.
-        state.deaths_in_a_row = if lived < Duration::from_secs(1) {
-            state.deaths_in_a_row + 1
-        } else {
-            1
-        };
+        state.deaths_in_a_row =
+            if lived < Duration::from_secs(1) { state.deaths_in_a_row + 1 } else { 1 };
         let delay = if state.deaths_in_a_row <= 1 {
             Duration::ZERO
         } else {
@@ -383,10 +379,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     fn check_memory(&mut self) {
         if !memory::advance_epoch() {
             let mut report = self.server.memory.lock().unwrap_or_else(|p| p.into_inner());
-            *report = MemoryReport {
-                process: Some(memory::process_memory()),
-                arenas: Vec::new(),
-            };
+            *report = MemoryReport { process: Some(memory::process_memory()), arenas: Vec::new() };
             return;
         }
         let mut arenas = Vec::new();
@@ -397,11 +390,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             .chain(self.abandoned.iter())
             .chain(self.retiring.iter());
         for running in all {
-            let arena = *running
-                .shared
-                .arena
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let arena = *running.shared.arena.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(stats) = arena.and_then(memory::arena_stats) {
                 arenas.push(((running.shared.slot, running.shared.generation), stats));
             }
@@ -427,17 +416,12 @@ impl<F: ServiceFactory> Supervisor<F> {
                 }
                 state.mem_warned = stats.allocated > warn;
             }
-            if config
-                .mem_limit
-                .is_some_and(|limit| stats.allocated > limit)
-            {
+            if config.mem_limit.is_some_and(|limit| stats.allocated > limit) {
                 over_limit.push((slot, stats.allocated));
             }
         }
-        *self.server.memory.lock().unwrap_or_else(|p| p.into_inner()) = MemoryReport {
-            process: Some(memory::process_memory()),
-            arenas,
-        };
+        *self.server.memory.lock().unwrap_or_else(|p| p.into_inner()) =
+            MemoryReport { process: Some(memory::process_memory()), arenas };
         for (slot, allocated) in over_limit {
             log::warn!(
                 "loop {slot}.{} over mem_limit allocated={allocated}; recycling",
@@ -455,12 +439,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         log::info!("shutdown: draining loops timeout={timeout:?}");
         self.server.draining.store(true, Relaxed);
         self.shutdown_deadline = Some(Instant::now() + timeout);
-        for running in self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .chain(&self.retiring)
-        {
+        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
             running.shared.start_draining();
         }
     }
@@ -477,10 +456,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             self.finish("drained");
             return true;
         }
-        if self
-            .shutdown_deadline
-            .is_some_and(|deadline| now >= deadline)
-        {
+        if self.shutdown_deadline.is_some_and(|deadline| now >= deadline) {
             let open = self.server.open_connections.load(Relaxed);
             log::warn!("shutdown timeout reached; cutting open_connections={open}");
             self.stop_all();
@@ -491,23 +467,13 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     fn stop_all(&mut self) {
         self.server.stop_now.store(true, Relaxed);
-        for running in self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .chain(&self.retiring)
-        {
+        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
             running.shared.wake();
         }
         // Loops close their connections at their next wake-up; a loop stuck
         // in a handler cannot, and is left behind.
         let deadline = Instant::now() + Duration::from_millis(500);
-        for running in self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .chain(&self.retiring)
-        {
+        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
             while !running.thread.is_finished() && Instant::now() < deadline {
                 thread::park_timeout(Duration::from_millis(5));
             }
@@ -521,12 +487,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         {
             log::debug!("listener shutdown: {err}");
         }
-        let requests: u64 = self
-            .server
-            .slots
-            .iter()
-            .map(|s| s.requests.load(Relaxed))
-            .sum();
+        let requests: u64 = self.server.slots.iter().map(|s| s.requests.load(Relaxed)).sum();
         let replaced: u64 = self
             .server
             .slots

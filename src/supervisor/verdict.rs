@@ -66,13 +66,7 @@ mod tests {
         let t0 = Instant::now();
         let (seen, verdict) = judge(None, 7 << 1 | BUSY, t0, TIMEOUT);
         assert_eq!(verdict, Verdict::Working);
-        assert_eq!(
-            seen,
-            Observation {
-                word: 7 << 1 | BUSY,
-                since: t0
-            }
-        );
+        assert_eq!(seen, Observation { word: 7 << 1 | BUSY, since: t0 });
     }
 
     #[test]
@@ -94,11 +88,7 @@ mod tests {
         assert_eq!(verdict, Verdict::Working);
         assert_eq!(seen.since, at(t0, 1900));
         let (_, verdict) = judge(Some(seen), 4 << 1 | BUSY, at(t0, 3000), TIMEOUT);
-        assert_eq!(
-            verdict,
-            Verdict::Working,
-            "only 1.1 s since the last progress"
-        );
+        assert_eq!(verdict, Verdict::Working, "only 1.1 s since the last progress");
     }
 
     #[test]

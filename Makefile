@@ -1,0 +1,29 @@
+# vigil: `make run` serves on 127.0.0.1:8080, `make test` runs what CI runs.
+CARGO ?= cargo
+LISTEN ?= 127.0.0.1:8080
+ADMIN ?= 127.0.0.1:9090
+
+.PHONY: all build run test lint fmt unit
+
+all: build
+
+build:
+	$(CARGO) build --release --locked
+
+run: build
+	./target/release/vigil --listen $(LISTEN) --admin $(ADMIN)
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# What CI runs (.ci/run): formatting, clippy with -D warnings, every test,
+# and a build of the benchmarks (they are run by `make bench`, not here).
+test: lint
+	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --doc
+
+fmt:
+	$(CARGO) fmt --all
+
+-include bench.mk

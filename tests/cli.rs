@@ -1,0 +1,100 @@
+//! The `vigil` binary: argument errors, and the abandoned-thread budget.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::util;
+
+const VIGIL: &str = env!("CARGO_BIN_EXE_vigil");
+
+#[test]
+fn invalid_values_exit_2_with_one_line() {
+    for args in [
+        &["--loops", "0"][..],
+        &["--mem-limit", "64lightyears"],
+        &["--stall-timeout", "soon"],
+        &["--chaos-stall", "2/3"],
+        &["--listen", "not-an-address"],
+        &["--max-headers", "100000"],
+        &["--no-such-flag"],
+    ] {
+        let output = Command::new(VIGIL).args(args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: one line, got {stderr:?}");
+        assert!(stderr.starts_with("vigil: "), "{stderr:?}");
+    }
+}
+
+#[test]
+fn help_lists_every_flag() {
+    let output = Command::new(VIGIL).arg("--help").output().unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    for flag in
+        ["--listen", "--loops", "--stall-timeout", "--max-abandoned", "--mem-limit", "--demo"]
+    {
+        assert!(help.contains(flag), "{flag} missing from --help");
+    }
+}
+
+/// Starts the binary and returns it with the address it logged.
+pub fn spawn_vigil(
+    args: &[&str],
+) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStderr>) {
+    let mut child = Command::new(VIGIL)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil exited before listening");
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, addr, stderr)
+}
+
+#[test]
+fn past_the_abandoned_budget_the_process_exits_3() {
+    let (mut child, addr, stderr) = spawn_vigil(&[
+        "--loops",
+        "1",
+        "--demo",
+        "--stall-timeout",
+        "100ms",
+        "--max-abandoned",
+        "1",
+        "--shutdown-timeout",
+        "2s",
+    ]);
+    // Keep reading the log so the child never blocks on a full pipe.
+    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    for _ in 0..2 {
+        // Each /spin stalls the current loop; it is abandoned and replaced.
+        let mut client = util::Client::new(addr);
+        client.send(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(client.is_closed(), "the stalled loop's connection is closed");
+    }
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    let log = log.join().unwrap();
+    assert_eq!(status, Some(3), "log:\n{}", log.join("\n"));
+    assert!(log.iter().any(|l| l.contains("max_abandoned")), "the exit is explained in the log");
+}
+
+fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
+    let exited = util::eventually(limit, || child.try_wait().unwrap().is_some());
+    if !exited {
+        let _ = child.kill();
+        return None;
+    }
+    child.wait().unwrap().code()
+}

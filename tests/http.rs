@@ -1,0 +1,294 @@
+//! HTTP/1.1 on the wire: keep-alive, pipelining, bodies, and bad input.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::util::{self, Client};
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = util::start(util::config(2), util::hello());
+    let mut client = Client::new(server.local_addr());
+    for _ in 0..50 {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        let reply = client.reply();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "Hello World\n");
+        assert!(!reply.closes());
+        assert_eq!(reply.header("content-length"), Some("12"));
+        assert_eq!(reply.header("server"), Some("vigil"));
+        let date = reply.header("date").expect("Date header");
+        assert!(date.ends_with(" GMT") && date.len() == 29, "{date:?}");
+    }
+}
+
+#[test]
+fn pipelined_requests_split_at_every_offset_are_answered_in_order() {
+    let server = util::start(util::config(1), |_| {
+        |req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.body(req.path().as_bytes().to_vec());
+        }
+    });
+    let requests = b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n\
+        POST /two HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+        GET /three HTTP/1.1\r\nHost: x\r\n\r\n";
+    for split in 1..requests.len() {
+        let mut client = Client::new(server.local_addr());
+        client.stream.set_nodelay(true).unwrap();
+        client.send(&requests[..split]);
+        client.stream.flush().unwrap();
+        client.send(&requests[split..]);
+        for path in ["/one", "/two", "/three"] {
+            let reply = client.reply();
+            assert_eq!((reply.status, reply.text().as_str()), (200, path), "split at {split}");
+        }
+    }
+}
+
+#[test]
+fn content_length_and_chunked_bodies_reach_the_service() {
+    let server = util::start(util::config(1), |_| {
+        |req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.body(req.body().to_vec());
+        }
+    });
+    let mut client = Client::new(server.local_addr());
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world");
+    assert_eq!(client.reply().text(), "hello world");
+    client.send(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: dropped\r\n\r\n",
+    );
+    assert_eq!(client.reply().text(), "hello world");
+    // A body bigger than the loop's read buffer, in many writes.
+    let big = vec![b'x'; 300 * 1024];
+    client.send(
+        format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", big.len()).as_bytes(),
+    );
+    for part in big.chunks(7000) {
+        client.send(part);
+    }
+    assert_eq!(client.reply().body, big);
+}
+
+#[test]
+fn expect_100_continue_is_answered_before_the_body() {
+    let server = util::start(util::config(1), |_| {
+        |req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.body(req.body().to_vec());
+        }
+    });
+    let mut client = Client::new(server.local_addr());
+    client.send(b"PUT /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n");
+    let interim = client.reply();
+    assert_eq!(interim.status, 100, "100 Continue comes before the body is sent");
+    client.send(b"data");
+    let reply = client.reply();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "data"));
+}
+
+#[test]
+fn head_gets_headers_without_a_body() {
+    let server = util::start(util::config(1), util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = client.reply_to("HEAD").unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("12"));
+    assert!(head.body.is_empty());
+    // The next response starts right after the HEAD response's headers.
+    assert_eq!(client.reply().text(), "Hello World\n");
+}
+
+#[test]
+fn http_1_0_closes_unless_keep_alive_is_asked_for() {
+    let server = util::start(util::config(1), util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET / HTTP/1.0\r\n\r\n");
+    let reply = client.reply();
+    assert_eq!(reply.status, 200);
+    assert!(client.is_closed(), "HTTP/1.0 without keep-alive closes");
+
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(client.reply().status, 200);
+    client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(client.reply().status, 200);
+}
+
+#[test]
+fn connection_close_stops_processing_what_follows() {
+    let server = util::start(util::config(1), |_| {
+        |req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.body(req.path().as_bytes().to_vec());
+        }
+    });
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = client.reply();
+    assert_eq!(reply.text(), "/a");
+    assert!(reply.closes());
+    assert!(client.is_closed(), "/b must not be answered");
+}
+
+#[test]
+fn a_panicking_handler_gets_500_and_the_loop_goes_on() {
+    let server = util::start(util::config(1), |_| {
+        |req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            if req.path() == "/panic" {
+                panic!("on purpose");
+            }
+            res.body_static(b"fine");
+        }
+    });
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.reply().status, 500);
+    assert_eq!(client.reply().text(), "fine", "same connection, same loop, still serving");
+    let snapshot = server.snapshot();
+    assert_eq!(snapshot.loops[0].handler_panics, 1);
+    assert_eq!(snapshot.loops[0].generation, 0, "a handler panic does not replace the loop");
+}
+
+/// Bad requests, the status each must get, and (by the test below) a
+/// closed connection and a server that still serves others.
+const BAD_REQUESTS: &[(&str, &[u8], u16)] = &[
+    ("both Content-Length and Transfer-Encoding", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("conflicting Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+    ("Content-Length list that disagrees", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd", 400),
+    ("negative Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+    ("Content-Length with a sign", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc", 400),
+    ("hex Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x3\r\n\r\nabc", 400),
+    ("overflowing Content-Length", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400),
+    ("gzip before chunked", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 400),
+    ("chunked not last", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n", 400),
+    ("chunked twice", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("identity coding", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n", 400),
+    ("Transfer-Encoding in HTTP/1.0", b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
+    ("bad chunk size", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size overflow", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n", 400),
+    ("chunk data longer than its size", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nhello\r\n0\r\n\r\n", 400),
+    ("chunk size line with bare LF", b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n", 400),
+    ("obs-fold", b"GET / HTTP/1.1\r\nHost: x\r\nX-Folded: a\r\n  b\r\n\r\n", 400),
+    ("whitespace before colon", b"GET / HTTP/1.1\r\nHost: x\r\nX-Name : v\r\n\r\n", 400),
+    ("control character in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x01b\r\n\r\n", 400),
+    ("NUL in a value", b"GET / HTTP/1.1\r\nHost: x\r\nX-Bad: a\x00b\r\n\r\n", 400),
+    ("missing Host in HTTP/1.1", b"GET / HTTP/1.1\r\nAccept: */*\r\n\r\n", 400),
+    ("duplicate Host", b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    ("bare LF line ends", b"GET / HTTP/1.1\nHost: x\n\n", 400),
+    ("bare LF inside the head", b"GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400),
+    ("space in the target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("relative target", b"GET a/b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("asterisk with GET", b"GET * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("missing version", b"GET /\r\nHost: x\r\n\r\n", 400),
+    ("lower-case version", b"GET / http/1.1\r\nHost: x\r\n\r\n", 400),
+    ("HTTP/2.0 in an HTTP/1 head", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505),
+    ("HTTP/1.2", b"GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505),
+    ("unknown expectation", b"GET / HTTP/1.1\r\nHost: x\r\nExpect: magic\r\n\r\n", 417),
+    ("body over the limit", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n", 413),
+    ("too many headers", b"GET / HTTP/1.1\r\nHost: x\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\nA: 1\r\n\r\n", 431),
+];
+
+/// Limits small enough for the table above: 1 KiB heads, 8 headers.
+fn strict_config() -> vigil::Config {
+    let mut config = util::config(1);
+    config.limits = vigil::Limits { max_head_bytes: 1024, max_headers: 8, max_body_bytes: 1 << 20 };
+    config
+}
+
+#[test]
+fn bad_requests_get_their_status_and_a_close_and_harm_nobody_else() {
+    let server = util::start(strict_config(), util::hello());
+    let addr = server.local_addr();
+    // A keep-alive bystander on the same (only) loop.
+    let mut bystander = Client::new(addr);
+    let long_header = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(2000));
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(2000));
+    let generated: [(&str, &[u8], u16); 2] = [
+        ("head over the limit", long_header.as_bytes(), 431),
+        ("target over the limit", long_target.as_bytes(), 414),
+    ];
+    let mut failures = Vec::new();
+    for (name, request, status) in BAD_REQUESTS.iter().chain(&generated) {
+        let mut client = Client::new(addr);
+        client.send(request);
+        match client.reply_to("GET") {
+            Ok(reply) if reply.status == *status && reply.closes() && client.is_closed() => {}
+            Ok(reply) => failures.push(format!(
+                "{name}: got {} (close header {}, closed {}), want {status}",
+                reply.status,
+                reply.closes(),
+                client.is_closed()
+            )),
+            Err(err) => failures.push(format!("{name}: no reply ({err}), want {status}")),
+        }
+        bystander.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(bystander.reply().status, 200, "bystander after {name}");
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad requests mishandled:\n{}",
+        failures.len(),
+        BAD_REQUESTS.len(),
+        failures.join("\n")
+    );
+    assert!(BAD_REQUESTS.len() + generated.len() >= 25);
+}
+
+#[test]
+fn a_slow_request_head_gets_408() {
+    let mut config = util::config(1);
+    config.header_timeout = Duration::from_millis(200);
+    let server = util::start(config, util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    let reply = client.reply();
+    assert_eq!(reply.status, 408);
+    assert!(client.is_closed());
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_timeout() {
+    let mut config = util::config(1);
+    config.keep_alive_timeout = Duration::from_millis(200);
+    let server = util::start(config, util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.reply().status, 200);
+    // The read blocks until the server closes (or the 10 s client timeout).
+    let mut byte = [0u8; 1];
+    assert_eq!(client.stream.read(&mut byte).unwrap(), 0, "closed without a response");
+}
+
+#[test]
+fn connections_over_the_limit_get_503() {
+    let mut config = util::config(1);
+    config.max_connections = 2;
+    let server = util::start(config, util::hello());
+    let addr = server.local_addr();
+    let mut first = Client::new(addr);
+    let mut second = Client::new(addr);
+    for client in [&mut first, &mut second] {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(client.reply().status, 200);
+    }
+    let mut third = Client::new(addr);
+    assert_eq!(third.reply().status, 503);
+    drop(first);
+    assert!(util::eventually(Duration::from_secs(5), || server.snapshot().open_connections < 2));
+    let mut fourth = Client::new(addr);
+    fourth.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(fourth.reply().status, 200);
+}
+
+#[test]
+fn a_response_with_a_forbidden_header_becomes_500() {
+    let server = util::start(util::config(1), |_| {
+        |_req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.header("X-Injected", "a\r\nSet-Cookie: evil=1");
+        }
+    });
+    let reply = util::get(server.local_addr(), "/").unwrap();
+    assert_eq!(reply.status, 500);
+    assert!(reply.header("set-cookie").is_none());
+}

@@ -1,0 +1,12 @@
+//! Integration tests over real sockets: one binary, one module per topic.
+
+// As in the binary: per-loop arenas need jemalloc.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+mod util;
+
+mod cli;
+mod http;
+mod memory;
+mod supervisor;

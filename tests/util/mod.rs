@@ -1,0 +1,173 @@
+//! The test server and raw-socket clients.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use vigil::{Config, ServerHandle, Service, ServiceFactory};
+
+/// Long enough for a loaded CI machine, short enough to fail a hung test.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configuration for tests: loopback, port 0, no pinning (tests run in
+/// parallel and must not fight over cores).
+pub fn config(loops: usize) -> Config {
+    Config { listen: "127.0.0.1:0".parse().unwrap(), loops, pin: false, ..Config::default() }
+}
+
+pub fn start<F: ServiceFactory>(config: Config, factory: F) -> ServerHandle {
+    let _ = env_logger::builder().is_test(true).try_init();
+    vigil::Server::new(factory).config(config).start().expect("server starts")
+}
+
+/// A service answering `Hello World\n` to everything.
+pub fn hello() -> impl Fn(usize) -> Hello + Send + Sync + 'static {
+    |_| Hello
+}
+
+pub struct Hello;
+
+impl Service for Hello {
+    fn call(&mut self, _req: &vigil::Request<'_>, res: &mut vigil::Response) {
+        res.header("Content-Type", "text/plain").body_static(b"Hello World\n");
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// A parsed response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// Reads responses from a stream, keeping bytes between calls.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { stream: connect(addr), buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
+        self.stream.write_all(bytes).expect("write request");
+        self
+    }
+
+    /// Reads one response to a request of method `method` (HEAD has no body).
+    pub fn reply_to(&mut self, method: &str) -> io::Result<Reply> {
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buf, method == "HEAD")? {
+                self.buf.drain(..used);
+                return Ok(reply);
+            }
+            let mut chunk = [0u8; 16 * 1024];
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed before a full reply",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn reply(&mut self) -> Reply {
+        self.reply_to("GET").expect("a reply")
+    }
+
+    /// True when the server closes the connection (EOF or reset) with no
+    /// more bytes sent.
+    pub fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        match self.stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(err) => {
+                err.kind() != io::ErrorKind::WouldBlock && err.kind() != io::ErrorKind::TimedOut
+            }
+        }
+    }
+}
+
+/// Parses one response at the start of `buf`: `None` if incomplete.
+fn parse_reply(buf: &[u8], head_request: bool) -> io::Result<Option<(Reply, usize)>> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head = std::str::from_utf8(&buf[..end])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status: u16 =
+        status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
+        })?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let body_start = end + 4;
+    let length = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse::<usize>().expect("numeric content-length"))
+        .unwrap_or(0);
+    let length =
+        if head_request || status == 100 || status == 204 || status == 304 { 0 } else { length };
+    if buf.len() < body_start + length {
+        return Ok(None);
+    }
+    let body = buf[body_start..body_start + length].to_vec();
+    Ok(Some((Reply { status, headers, body }, body_start + length)))
+}
+
+/// One request on a fresh connection; the reply.
+pub fn get(addr: SocketAddr, path: &str) -> io::Result<Reply> {
+    let mut client = Client { stream: TcpStream::connect(addr)?, buf: Vec::new() };
+    client.stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    client.stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())?;
+    client.reply_to("GET")
+}
+
+/// Waits until `condition` holds, checking it whenever the server may have
+/// changed (every few milliseconds), up to `limit`. For state the server
+/// only exposes by polling (its snapshot); never a fixed sleep.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
