@@ -45,6 +45,11 @@ pub struct Config {
     pub mem_warn: Option<u64>,
     /// Recycle a loop gracefully when its arena holds more than this.
     pub mem_limit: Option<u64>,
+    /// Address of the admin plane (metrics, health, recycle); off when `None`.
+    pub admin: Option<SocketAddr>,
+    /// Bearer token for the admin plane's state-changing routes; without
+    /// it they are allowed from loopback peers only.
+    pub admin_token: Option<String>,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             mem_interval: Duration::from_secs(1),
             mem_warn: None,
             mem_limit: None,
+            admin: None,
+            admin_token: None,
         }
     }
 }
@@ -128,6 +135,13 @@ impl Config {
             if value.is_zero() {
                 return fail(format!("{name} must be more than zero"));
             }
+        }
+        if self
+            .admin_token
+            .as_deref()
+            .is_some_and(|t| t.len() < 16 || t.contains(char::is_whitespace))
+        {
+            return fail("admin token must be at least 16 characters, without whitespace".into());
         }
         if let Some(interval) = self.check_interval {
             if interval < Duration::from_millis(1) {

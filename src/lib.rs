@@ -23,6 +23,7 @@
 #![deny(unreachable_pub)]
 #![warn(missing_debug_implementations)]
 
+mod admin;
 mod config;
 mod conn;
 mod event_loop;

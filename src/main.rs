@@ -80,6 +80,12 @@ struct Args {
     /// Recycle a loop gracefully when its arena holds more than this.
     #[arg(long, env = "VIGIL_MEM_LIMIT", value_parser = size)]
     mem_limit: Option<u64>,
+    /// Serve the admin plane (/metrics, /loops, /healthz, /readyz, recycle) here.
+    #[arg(long, env = "VIGIL_ADMIN")]
+    admin: Option<SocketAddr>,
+    /// Bearer token required for the admin plane's POST routes (otherwise: loopback only).
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Add routes that misbehave on purpose: /spin, /block?ms=N, /panic, /alloc?mb=N, /free.
     #[arg(long, env = "VIGIL_DEMO")]
     demo: bool,
@@ -134,6 +140,8 @@ impl Args {
             mem_interval: self.mem_interval,
             mem_warn: self.mem_warn,
             mem_limit: self.mem_limit,
+            admin: self.admin,
+            admin_token: self.admin_token.clone(),
         };
         config.validate().map_err(|err| err.to_string())?;
         Ok(config)

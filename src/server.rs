@@ -42,6 +42,7 @@ pub(crate) struct ServerShared {
     pub(crate) reclaimed: AtomicU64,
     pub(crate) intensity_exceeded: AtomicU64,
     pub(crate) memory: Mutex<MemoryReport>,
+    pub(crate) admin_addr: std::sync::OnceLock<SocketAddr>,
 }
 
 /// The supervisor's last memory reading.
@@ -137,10 +138,22 @@ impl<F: ServiceFactory> Server<F> {
             reclaimed: AtomicU64::new(0),
             intensity_exceeded: AtomicU64::new(0),
             memory: Mutex::new(MemoryReport::default()),
+            admin_addr: std::sync::OnceLock::new(),
         });
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
-        Ok(ServerHandle { control: Control { shared, commands }, supervisor: Some(supervisor) })
+        let handle = ServerHandle {
+            control: Control { shared: shared.clone(), commands },
+            supervisor: Some(supervisor),
+        };
+        if let Some(addr) = shared.config.admin {
+            let token = shared.config.admin_token.clone();
+            let bound =
+                crate::admin::start(addr, token, handle.control()).map_err(StartError::Admin)?;
+            let _ = shared.admin_addr.set(bound);
+            log::info!("admin plane listening addr={bound}");
+        }
+        Ok(handle)
     }
 }
 
@@ -150,6 +163,7 @@ pub enum StartError {
     Config(ConfigError),
     Bind(io::Error),
     Spawn(io::Error),
+    Admin(io::Error),
 }
 
 impl std::fmt::Display for StartError {
@@ -158,6 +172,7 @@ impl std::fmt::Display for StartError {
             StartError::Config(err) => write!(f, "invalid configuration: {err}"),
             StartError::Bind(err) => write!(f, "cannot listen: {err}"),
             StartError::Spawn(err) => write!(f, "cannot start threads: {err}"),
+            StartError::Admin(err) => write!(f, "cannot start the admin plane: {err}"),
         }
     }
 }
@@ -185,6 +200,11 @@ pub struct Control {
 impl Control {
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The admin plane's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr.get().copied()
     }
 
     /// Stops accepting, lets in-flight requests finish (their responses say

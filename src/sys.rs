@@ -100,6 +100,18 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
+/// The peer of a connected socket the caller does not own (may_minihttp
+/// hands the admin plane only the fd of a connection).
+pub(crate) fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the fd belongs to a live connection for the whole call (its
+    // owner is blocked calling us), and ManuallyDrop keeps it open.
+    let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+    stream.peer_addr().ok()
+}
+
 /// The error of a socket after a failed non-blocking operation is sorted
 /// here, once, for the whole crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
