@@ -10,5 +10,6 @@
 mod http;
 mod service;
 
-pub use http::{Limits, Request, Response, Version};
+pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use service::{Service, ServiceFactory};
+
