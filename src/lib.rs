@@ -44,3 +44,64 @@ pub use server::{
 };
 pub use service::{Service, ServiceFactory};
 pub use shared::LoopState;
+
+/// Thin wrappers that let `benches/http.rs` reach crate-internal items.
+/// Not API: may change or vanish in any release.
+#[doc(hidden)]
+pub mod __bench {
+    use std::mem::MaybeUninit;
+
+    use crate::http::body::ChunkedDecoder;
+    use crate::http::date::DateCache;
+    use crate::http::{request, response, Limits, MAX_HEADERS_CAP};
+    use crate::Response;
+
+    /// Parses one request head with default limits: its length, or 0 when
+    /// incomplete or refused.
+    pub fn parse_head(buf: &[u8]) -> usize {
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        match request::parse_head(buf, &mut headers, &Limits::default()) {
+            Ok(Some(head)) => head.len,
+            _ => 0,
+        }
+    }
+
+    /// Decodes a whole chunked body into `body` (cleared first): the bytes
+    /// consumed, or 0 when incomplete or refused.
+    pub fn decode_chunked(input: &[u8], body: &mut Vec<u8>) -> usize {
+        body.clear();
+        match ChunkedDecoder::new().decode(input, body, usize::MAX, 4096) {
+            Ok(progress) if progress.done => progress.consumed,
+            _ => 0,
+        }
+    }
+
+    /// A response and date cache to encode repeatedly.
+    #[derive(Debug)]
+    pub struct Encoder {
+        res: Response,
+        date: DateCache,
+    }
+
+    impl Encoder {
+        /// `200`, `Content-Type: text/plain`, body `Hello, World!`.
+        pub fn hello_world() -> Encoder {
+            let mut res = Response::new();
+            res.header("Content-Type", "text/plain")
+                .body_static(b"Hello, World!");
+            Encoder {
+                res,
+                date: DateCache::new(),
+            }
+        }
+
+        /// Appends the response to `out`; whether the connection stays open.
+        pub fn encode(&self, out: &mut Vec<u8>) -> bool {
+            let enc = response::Encoding {
+                head_request: false,
+                keep_alive: true,
+            };
+            response::encode(&self.res, enc, &self.date, out)
+        }
+    }
+}

@@ -4,6 +4,10 @@
 //!
 //! Nothing here does I/O; `conn.rs` feeds bytes in and writes bytes out.
 
+// Until conn.rs lands, parts of this module are reached only from its tests
+// (and benches). Remove when it does: dead code should warn again.
+#![cfg_attr(not(test), allow(dead_code))]
+
 pub(crate) mod body;
 pub(crate) mod date;
 pub(crate) mod request;
@@ -46,4 +50,26 @@ impl Reject {
     pub(crate) const fn new(status: u16, why: &'static str) -> Reject {
         Reject { status, why }
     }
+}
+
+/// tchar (RFC 9110 5.6.2): the bytes of a token (method, field name, ...).
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }

@@ -53,8 +53,378 @@ pub(crate) fn parse_head<'b, 'h>(
     headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     limits: &Limits,
 ) -> Result<Option<Head<'b, 'h>>, Reject> {
-    let _ = (buf, headers, limits);
-    todo!()
+    debug_assert!(
+        headers.len() >= limits.max_headers,
+        "header array below limits.max_headers"
+    );
+    let max_headers = limits.max_headers.min(headers.len());
+    // Parsing only the first max_head_bytes bounds the work per call, and a
+    // head still partial within them is over the limit by definition.
+    let window = &buf[..buf.len().min(limits.max_head_bytes)];
+
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(window, &mut headers[..max_headers]) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return incomplete(buf, limits),
+        Err(httparse::Error::TooManyHeaders) => return Err(TOO_MANY_HEADERS),
+        Err(httparse::Error::Version) => return version_error(buf, window, limits),
+        Err(_) => return Err(Reject::new(400, "malformed request head")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        // httparse fills all three before it reports Complete.
+        return Err(Reject::new(400, "malformed request line"));
+    };
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+
+    // httparse accepts a bare LF as a line ending; RFC 9112 2.2 lets a
+    // recipient do so, but two parsers disagreeing on line ends is how
+    // requests get smuggled, so we refuse.
+    if has_bare_lf(&buf[..len]) {
+        return Err(Reject::new(400, "bare LF in request head"));
+    }
+
+    let version = if minor == 0 {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
+    let (path, query) = split_target(method, target)?;
+    let fields = Fields::scan(headers)?;
+
+    if fields.hosts > 1 {
+        return Err(Reject::new(400, "more than one Host"));
+    }
+    if fields.hosts == 0 && version == Version::Http11 {
+        return Err(Reject::new(400, "missing Host"));
+    }
+
+    let framing = match (fields.transfer_encoding, fields.content_length) {
+        (Some(_), _) if version == Version::Http10 => {
+            // RFC 9112 6.1: 1.0 has no chunked coding; the framing is suspect.
+            return Err(Reject::new(400, "Transfer-Encoding in HTTP/1.0"));
+        }
+        (Some(_), Some(_)) => {
+            return Err(Reject::new(
+                400,
+                "both Content-Length and Transfer-Encoding",
+            ));
+        }
+        (Some(te), None) if te.chunked == 1 && !te.other => Framing::Chunked,
+        (Some(_), None) => {
+            return Err(Reject::new(400, "Transfer-Encoding is not just chunked"));
+        }
+        (None, None | Some(0)) => Framing::Empty,
+        (None, Some(n)) if n > limits.max_body_bytes as u64 => {
+            return Err(Reject::new(413, "Content-Length over the body limit"));
+        }
+        (None, Some(n)) => Framing::Length(n),
+    };
+
+    let keep_alive = !fields.close && (version == Version::Http11 || fields.keep_alive);
+    // RFC 9110 10.1.1: a 100-continue from an HTTP/1.0 client is ignored.
+    let expect_continue = fields.expect_continue && version == Version::Http11;
+
+    Ok(Some(Head {
+        method,
+        path,
+        query,
+        version,
+        headers,
+        len,
+        framing,
+        keep_alive,
+        expect_continue,
+    }))
+}
+
+const TOO_MANY_HEADERS: Reject = Reject::new(431, "too many header fields");
+
+/// The head is partial within `buf`: wait for more bytes, unless it has
+/// already outgrown the limit.
+fn incomplete<T>(buf: &[u8], limits: &Limits) -> Result<Option<T>, Reject> {
+    if buf.len() <= limits.max_head_bytes {
+        return Ok(None);
+    }
+    let window = &buf[..limits.max_head_bytes];
+    let line = &window[leading_empty_lines(window)..];
+    if line.contains(&b'\n') {
+        Err(Reject::new(431, "request head too large"))
+    } else {
+        Err(Reject::new(414, "request line too long"))
+    }
+}
+
+/// httparse skips empty lines before the request line (RFC 9112 2.2).
+fn leading_empty_lines(buf: &[u8]) -> usize {
+    buf.iter()
+        .position(|&b| b != b'\r' && b != b'\n')
+        .unwrap_or(buf.len())
+}
+
+/// httparse reports `Version` as soon as a byte differs from `HTTP/1.0` or
+/// `HTTP/1.1`. Tell a well-formed other version (505) from garbage (400),
+/// and wait when the version is cut short but could still be well-formed.
+fn version_error<T>(buf: &[u8], window: &[u8], limits: &Limits) -> Result<Option<T>, Reject> {
+    let rest = &window[leading_empty_lines(window)..];
+    let line_end = rest.iter().position(|&b| b == b'\n');
+    let line = &rest[..line_end.unwrap_or(rest.len())];
+    // Method and target hold no SP (httparse checked), so the third piece
+    // is the version, up to the CR.
+    let version = line.splitn(3, |&b| b == b' ').nth(2).unwrap_or(b"");
+    const PATTERN: &[u8] = b"HTTP/0.0\r";
+    let matches = version.len() <= PATTERN.len()
+        && version.iter().zip(PATTERN).all(|(&b, &p)| match p {
+            b'0' => b.is_ascii_digit(),
+            _ => b == p,
+        });
+    match line_end {
+        Some(_) if matches && version.len() == PATTERN.len() => {
+            Err(Reject::new(505, "HTTP version not supported"))
+        }
+        None if matches => incomplete(buf, limits),
+        _ => Err(Reject::new(400, "malformed HTTP version")),
+    }
+}
+
+fn has_bare_lf(head: &[u8]) -> bool {
+    let mut lines = head.split(|&b| b == b'\n');
+    // The piece after the last LF ends no line.
+    let last = lines.next_back();
+    debug_assert_eq!(last, Some(&b""[..]), "a complete head ends with LF");
+    lines.any(|line| line.last() != Some(&b'\r'))
+}
+
+/// Splits the request target into path and query (RFC 9112 3.2).
+fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'b str>), Reject> {
+    // httparse lets UTF-8 through; a target is ASCII. A fragment is never
+    // sent (RFC 9110 7.1), so one here means a confused or hostile client.
+    if !target.is_ascii() || target.contains('#') {
+        return Err(Reject::new(400, "invalid request target"));
+    }
+    if method == "CONNECT" {
+        // authority-form, and only for CONNECT (RFC 9112 3.2.3).
+        return match authority(target.as_bytes()) {
+            Some(Authority {
+                host_empty: false,
+                port: Some(port),
+            }) if !port.is_empty() => Ok((target, None)),
+            _ => Err(Reject::new(400, "CONNECT needs host:port")),
+        };
+    }
+    if target.starts_with('/') {
+        return Ok(split_query(target));
+    }
+    if target == "*" {
+        return if method == "OPTIONS" {
+            Ok((target, None))
+        } else {
+            Err(Reject::new(400, "asterisk-form is for OPTIONS only"))
+        };
+    }
+    // absolute-form (RFC 9112 3.2.2); the scheme is case-insensitive.
+    let after_scheme = [7, 8].into_iter().find_map(|n| {
+        let scheme = target.get(..n)?;
+        let known =
+            scheme.eq_ignore_ascii_case("http://") || scheme.eq_ignore_ascii_case("https://");
+        known.then(|| &target[n..])
+    });
+    let Some(rest) = after_scheme else {
+        return Err(Reject::new(400, "invalid request target"));
+    };
+    let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match authority(&rest.as_bytes()[..auth_end]) {
+        Some(Authority {
+            host_empty: false, ..
+        }) => {}
+        _ => return Err(Reject::new(400, "invalid authority in request target")),
+    }
+    let rest = &rest[auth_end..];
+    if rest.starts_with('/') {
+        Ok(split_query(rest))
+    } else {
+        // An empty path means "/" (RFC 9110 4.2.3); rest is "" or "?...".
+        Ok(("/", rest.strip_prefix('?')))
+    }
+}
+
+fn split_query(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+struct Authority<'a> {
+    host_empty: bool,
+    port: Option<&'a [u8]>,
+}
+
+/// Checks `uri-host [":" port]` (RFC 3986 3.2.2); userinfo is refused
+/// (RFC 9110 4.2.4) and IPvFuture literals are not accepted.
+fn authority(s: &[u8]) -> Option<Authority<'_>> {
+    let (host_empty, port) = if let Some(literal) = s.strip_prefix(b"[") {
+        let close = literal.iter().position(|&b| b == b']')?;
+        let ip = &literal[..close];
+        if ip.is_empty()
+            || !ip
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        match &literal[close + 1..] {
+            [] => (false, None),
+            [b':', port @ ..] => (false, Some(port)),
+            _ => return None,
+        }
+    } else {
+        let (host, port) = match s.iter().position(|&b| b == b':') {
+            Some(i) => (&s[..i], Some(&s[i + 1..])),
+            None => (s, None),
+        };
+        if !host.iter().all(|&b| is_reg_name_char(b)) {
+            return None;
+        }
+        (host.is_empty(), port)
+    };
+    if let Some(port) = port {
+        if port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+    }
+    Some(Authority { host_empty, port })
+}
+
+/// unreserved / pct-encoded / sub-delims (RFC 3986 3.2.2). Whether `%` is
+/// followed by two hex digits is left alone: nothing here decodes it.
+fn is_reg_name_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// Transfer codings seen across all `Transfer-Encoding` fields.
+#[derive(Clone, Copy, Default)]
+struct TeState {
+    /// Number of `chunked` list elements.
+    chunked: u32,
+    /// Any other coding or an empty element.
+    other: bool,
+}
+
+/// What the header fields say about framing and the connection.
+#[derive(Default)]
+struct Fields {
+    hosts: u32,
+    content_length: Option<u64>,
+    transfer_encoding: Option<TeState>,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Fields {
+    fn scan(headers: &[httparse::Header<'_>]) -> Result<Fields, Reject> {
+        let mut f = Fields::default();
+        for h in headers {
+            // Matching on length first skips the string compare for most fields.
+            let name = h.name;
+            match name.len() {
+                4 if name.eq_ignore_ascii_case("host") => {
+                    f.hosts += 1;
+                    if authority(trim_ows(h.value)).is_none() {
+                        return Err(Reject::new(400, "invalid Host"));
+                    }
+                }
+                6 if name.eq_ignore_ascii_case("expect") => {
+                    for item in list(h.value).filter(|item| !item.is_empty()) {
+                        if !item.eq_ignore_ascii_case(b"100-continue") {
+                            return Err(Reject::new(417, "unsupported expectation"));
+                        }
+                        f.expect_continue = true;
+                    }
+                }
+                10 if name.eq_ignore_ascii_case("connection") => {
+                    for item in list(h.value) {
+                        f.close |= item.eq_ignore_ascii_case(b"close");
+                        f.keep_alive |= item.eq_ignore_ascii_case(b"keep-alive");
+                    }
+                }
+                14 if name.eq_ignore_ascii_case("content-length") => {
+                    let n = content_length(h.value)
+                        .ok_or(Reject::new(400, "invalid Content-Length"))?;
+                    if f.content_length.replace(n).is_some_and(|m| m != n) {
+                        return Err(Reject::new(400, "conflicting Content-Length"));
+                    }
+                }
+                17 if name.eq_ignore_ascii_case("transfer-encoding") => {
+                    let te = f.transfer_encoding.get_or_insert_with(TeState::default);
+                    for item in list(h.value) {
+                        if item.eq_ignore_ascii_case(b"chunked") {
+                            te.chunked += 1;
+                        } else {
+                            te.other = true;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(f)
+    }
+}
+
+/// `1*DIGIT`, or a list of identical ones (RFC 9110 8.6); `None` for
+/// anything else, including an empty element or a value over `u64`.
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for item in list(value) {
+        if item.is_empty() {
+            return None;
+        }
+        let mut n: u64 = 0;
+        for &b in item {
+            if !b.is_ascii_digit() {
+                return None;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+        }
+        if length.replace(n).is_some_and(|m| m != n) {
+            return None;
+        }
+    }
+    length
+}
+
+/// The elements of a comma-separated list, OWS trimmed (empty ones kept).
+fn list(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim_ows)
+}
+
+fn trim_ows(mut s: &[u8]) -> &[u8] {
+    while let [b' ' | b'\t', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b' ' | b'\t'] = s {
+        s = rest;
+    }
+    s
 }
 
 /// A request as the service sees it. Borrows the connection's buffers, so
@@ -110,5 +480,412 @@ impl<'a> Request<'a> {
     /// The body, de-chunked.
     pub fn body(&self) -> &'a [u8] {
         self.body
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::MAX_HEADERS_CAP;
+
+    /// An owned copy of a [`Head`], so tests can compare it after the
+    /// header array is gone.
+    #[derive(Clone, Debug, PartialEq)]
+    struct Parsed {
+        method: String,
+        path: String,
+        query: Option<String>,
+        version: Version,
+        headers: usize,
+        len: usize,
+        framing: Framing,
+        keep_alive: bool,
+        expect_continue: bool,
+    }
+
+    fn parse_with(buf: &[u8], limits: &Limits) -> Result<Option<Parsed>, Reject> {
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        let head = parse_head(buf, &mut headers, limits)?;
+        Ok(head.map(|h| Parsed {
+            method: h.method.to_owned(),
+            path: h.path.to_owned(),
+            query: h.query.map(str::to_owned),
+            version: h.version,
+            headers: h.headers.len(),
+            len: h.len,
+            framing: h.framing,
+            keep_alive: h.keep_alive,
+            expect_continue: h.expect_continue,
+        }))
+    }
+
+    fn parse(buf: &[u8]) -> Result<Option<Parsed>, Reject> {
+        parse_with(buf, &Limits::default())
+    }
+
+    fn small_limits() -> Limits {
+        Limits {
+            max_head_bytes: 64,
+            max_headers: 4,
+            max_body_bytes: 100,
+        }
+    }
+
+    /// `name: input => status;` asserts that the head is refused with status.
+    macro_rules! rejects {
+        ($($name:ident: $input:expr => $status:expr;)+) => {$(
+            #[test]
+            fn $name() {
+                let input: &[u8] = $input;
+                match parse(input) {
+                    Err(reject) => assert_eq!(reject.status, $status, "{reject:?}"),
+                    Ok(head) => panic!("accepted {:?}: {head:?}", String::from_utf8_lossy(input)),
+                }
+            }
+        )+};
+    }
+
+    rejects! {
+        reject_bare_lf_request_line: b"GET / HTTP/1.1\nHost: a\r\n\r\n" => 400;
+        reject_bare_lf_header: b"GET / HTTP/1.1\r\nHost: a\n\r\n" => 400;
+        reject_bare_lf_end: b"GET / HTTP/1.1\r\nHost: a\r\n\n" => 400;
+        reject_bare_lf_leading: b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_bare_cr: b"GET / HTTP/1.1\r\nHost: a\rX: b\r\n\r\n" => 400;
+        reject_obs_fold: b"GET / HTTP/1.1\r\nHost: a\r\nX: b\r\n c\r\n\r\n" => 400;
+        reject_space_before_colon: b"GET / HTTP/1.1\r\nHost : a\r\n\r\n" => 400;
+        reject_space_before_first_header: b"GET / HTTP/1.1\r\n Host: a\r\n\r\n" => 400;
+        reject_nul_in_value: b"GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n" => 400;
+        reject_ctl_in_value: b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n" => 400;
+        reject_del_in_value: b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x7fb\r\n\r\n" => 400;
+        reject_no_colon: b"GET / HTTP/1.1\r\nHost: a\r\nX\r\n\r\n" => 400;
+        reject_empty_name: b"GET / HTTP/1.1\r\nHost: a\r\n: b\r\n\r\n" => 400;
+        reject_bad_method: b"G(T / HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_double_space: b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_lowercase_version: b"GET / http/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_garbage_version: b"GET / HTTP/1.x\r\nHost: a\r\n\r\n" => 400;
+        reject_long_version: b"GET / HTTP/1.10\r\nHost: a\r\n\r\n" => 400;
+        reject_version_bare_lf: b"GET / HTTP/2.0\nHost: a\r\n\r\n" => 400;
+        reject_http2: b"GET / HTTP/2.0\r\nHost: a\r\n\r\n" => 505;
+        reject_http12: b"GET / HTTP/1.2\r\nHost: a\r\n\r\n" => 505;
+        reject_http09ish: b"GET / HTTP/0.9\r\n\r\n" => 505;
+        reject_h2_preface: b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" => 505;
+        reject_missing_host: b"GET / HTTP/1.1\r\nX: a\r\n\r\n" => 400;
+        reject_two_hosts: b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n" => 400;
+        reject_two_hosts_10: b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n" => 400;
+        reject_host_with_slash: b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n" => 400;
+        reject_host_with_userinfo: b"GET / HTTP/1.1\r\nHost: u@a\r\n\r\n" => 400;
+        reject_host_with_space: b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n" => 400;
+        reject_host_bad_port: b"GET / HTTP/1.1\r\nHost: a:8x\r\n\r\n" => 400;
+        reject_host_bad_ipv6: b"GET / HTTP/1.1\r\nHost: [::1\r\n\r\n" => 400;
+        reject_cl_te: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+        reject_cl_conflict: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n" => 400;
+        reject_cl_list_conflict: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 4\r\n\r\n" => 400;
+        reject_cl_empty_element: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3,\r\n\r\n" => 400;
+        reject_cl_empty: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: \r\n\r\n" => 400;
+        reject_cl_sign: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n" => 400;
+        reject_cl_negative: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n" => 400;
+        reject_cl_hex: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n" => 400;
+        reject_cl_inner_space: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 0\r\n\r\n" => 400;
+        reject_cl_overflow: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n" => 400;
+        reject_cl_over_limit: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n" => 413;
+        reject_cl_max_u64: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n" => 413;
+        reject_te_gzip_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 400;
+        reject_te_chunked_gzip: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 400;
+        reject_te_chunked_twice: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n" => 400;
+        reject_te_two_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+        reject_te_split_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+        reject_te_empty: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n" => 400;
+        reject_te_trailing_comma: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n" => 400;
+        reject_te_identity: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n" => 400;
+        reject_te_params: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n\r\n" => 400;
+        reject_te_http10: b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+        reject_expect_other: b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n" => 417;
+        reject_expect_list: b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue, x\r\n\r\n" => 417;
+        reject_expect_other_10: b"POST / HTTP/1.0\r\nExpect: foo\r\n\r\n" => 417;
+        reject_fragment: b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_non_ascii_target: "GET /\u{e9} HTTP/1.1\r\nHost: a\r\n\r\n".as_bytes() => 400;
+        reject_relative_target: b"GET a/b HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_asterisk_get: b"GET * HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_authority_get: b"GET a:80 HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_connect_origin: b"CONNECT / HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_connect_no_port: b"CONNECT a HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_absolute_ftp: b"GET ftp://a/b HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_absolute_no_host: b"GET http:///b HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+        reject_absolute_userinfo: b"GET http://u@a/b HTTP/1.1\r\nHost: a\r\n\r\n" => 400;
+    }
+
+    #[test]
+    fn rejects_over_limits() {
+        let limits = small_limits();
+        let table: &[(&[u8], u16)] = &[
+            // Request line alone over 64 bytes, no LF yet.
+            (&[b"GET /".as_slice(), &[b'a'; 80]].concat(), 414),
+            // Request line complete but longer than the limit.
+            (
+                &[
+                    b"GET /".as_slice(),
+                    &[b'a'; 80],
+                    b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                ]
+                .concat(),
+                414,
+            ),
+            // Request line fits; the fields push the head over.
+            (
+                &[b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'a'; 60]].concat(),
+                431,
+            ),
+            // Complete head over the limit.
+            (
+                &[
+                    b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(),
+                    &[b'a'; 60],
+                    b"\r\n\r\n",
+                ]
+                .concat(),
+                431,
+            ),
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n",
+                431,
+            ),
+            // Too many fields is seen before the head is complete.
+            (
+                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n",
+                431,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
+                413,
+            ),
+            (b"GET / HTTP/3\r\nHost: a\r\n\r\n", 400),
+        ];
+        for (input, status) in table {
+            let got = parse_with(input, &limits);
+            assert_eq!(
+                got.map_err(|r| r.status),
+                Err(*status),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+        // At exactly the limit a complete head is fine.
+        let mut exact = b"GET / HTTP/1.1\r\nHost: a\r\nX: ".to_vec();
+        exact.resize(60, b'a');
+        exact.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(exact.len(), 64);
+        assert_eq!(parse_with(&exact, &limits).unwrap().unwrap().len, 64);
+    }
+
+    #[test]
+    fn incomplete_heads_wait() {
+        let full: &[u8] = b"POST /p?q HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n";
+        for end in 0..full.len() {
+            assert_eq!(parse(&full[..end]), Ok(None), "cut at {end}");
+        }
+        assert!(parse(full).unwrap().is_some());
+        // A version that may still turn out well-formed waits too; the
+        // verdict comes with the rest of the line.
+        for cut in [
+            b"GET / HTTP/2".as_slice(),
+            b"GET / HTTP/2.",
+            b"GET / HTTP/2.0",
+            b"GET / HTTP/2.0\r",
+        ] {
+            assert_eq!(parse(cut), Ok(None), "{:?}", String::from_utf8_lossy(cut));
+        }
+        assert_eq!(parse(b"GET / HTTP/2.0\r\n").unwrap_err().status, 505);
+        assert_eq!(parse(b"GET / HTTP/x").unwrap_err().status, 400);
+        assert_eq!(parse(b"GET / HTTP/2.00").unwrap_err().status, 400);
+    }
+
+    #[allow(clippy::too_many_arguments)] // one per column of the table below
+    fn head(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        version: Version,
+        headers: usize,
+        framing: Framing,
+        keep_alive: bool,
+        expect_continue: bool,
+    ) -> Parsed {
+        Parsed {
+            method: method.into(),
+            path: path.into(),
+            query: query.map(Into::into),
+            version,
+            headers,
+            len: 0,
+            framing,
+            keep_alive,
+            expect_continue,
+        }
+    }
+
+    #[test]
+    fn accepts() {
+        use Framing::*;
+        use Version::*;
+        // The head's length is checked against the input: what follows
+        // the head in an input is always "next" or a 5-byte body.
+        let table: &[(&[u8], Parsed)] = &[
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/", None, Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET /a/b?x=1&y HTTP/1.1\r\nHost: example.com:8080\r\n\r\nnext",
+                head("GET", "/a/b", Some("x=1&y"), Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET /? HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/", Some(""), Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET / HTTP/1.0\r\n\r\n",
+                head("GET", "/", None, Http10, 0, Empty, false, false),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+                head("GET", "/", None, Http10, 1, Empty, true, false),
+            ),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
+                head("GET", "/", None, Http10, 1, Empty, false, false),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, CLOSE\r\n\r\n",
+                head("GET", "/", None, Http11, 2, Empty, false, false),
+            ),
+            (
+                b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n",
+                head("GET", "/", None, Http11, 2, Empty, true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello",
+                head("POST", "/", None, Http11, 2, Length(5), true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+                head("POST", "/", None, Http11, 2, Empty, true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\ncontent-length:5\r\n\r\n",
+                head("POST", "/", None, Http11, 3, Length(5), true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n",
+                head("POST", "/", None, Http11, 2, Length(1 << 20), true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:  Chunked \r\n\r\n",
+                head("POST", "/", None, Http11, 2, Chunked, true, false),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-Continue\r\nContent-Length: 1\r\n\r\n",
+                head("POST", "/", None, Http11, 3, Length(1), true, true),
+            ),
+            (
+                b"POST / HTTP/1.0\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+                head("POST", "/", None, Http10, 2, Length(1), false, false),
+            ),
+            (
+                b"GET http://Example.com/p?q HTTP/1.1\r\nHost: other\r\n\r\n",
+                head("GET", "/p", Some("q"), Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET HTTPS://a:443 HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/", None, Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET http://[::1]:80?x HTTP/1.1\r\nHost: [::1]:80\r\n\r\n",
+                head("GET", "/", Some("x"), Http11, 1, Empty, true, false),
+            ),
+            (
+                b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("OPTIONS", "*", None, Http11, 1, Empty, true, false),
+            ),
+            (
+                b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
+                head(
+                    "CONNECT",
+                    "a.example:443",
+                    None,
+                    Http11,
+                    1,
+                    Empty,
+                    true,
+                    false,
+                ),
+            ),
+            // An empty Host is what a client sends for a URI without authority.
+            (
+                b"GET / HTTP/1.1\r\nHost:\r\n\r\n",
+                head("GET", "/", None, Http11, 1, Empty, true, false),
+            ),
+            // Empty lines before the request line are skipped (RFC 9112 2.2).
+            (
+                b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/", None, Http11, 1, Empty, true, false),
+            ),
+            (
+                b"PATCH /x HTTP/1.1\r\nHost: a\r\nX-Tab:\ta\tb\t\r\nX-Utf8: \xc3\xa9\r\n\r\n",
+                head("PATCH", "/x", None, Http11, 3, Empty, true, false),
+            ),
+        ];
+        for (input, want) in table {
+            let after = [&b"next"[..], b"hello"]
+                .iter()
+                .find(|t| input.ends_with(t))
+                .map_or(0, |t| t.len());
+            let want = &Parsed {
+                len: input.len() - after,
+                ..want.clone()
+            };
+            let got = parse(input);
+            assert_eq!(
+                got.as_ref().map(Option::as_ref),
+                Ok(Some(want)),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn header_values_are_trimmed() {
+        let mut headers = [MaybeUninit::uninit(); 8];
+        let limits = Limits {
+            max_headers: 8,
+            ..Limits::default()
+        };
+        let buf = b"GET / HTTP/1.1\r\nHost:  a \r\nX-A:\t b c \t\r\n\r\n";
+        let head = parse_head(buf, &mut headers, &limits).unwrap().unwrap();
+        let values: Vec<_> = head.headers.iter().map(|h| (h.name, h.value)).collect();
+        assert_eq!(values, [("Host", &b"a"[..]), ("X-A", b"b c")]);
+    }
+
+    #[test]
+    fn uses_only_max_headers() {
+        let limits = Limits {
+            max_headers: 2,
+            ..Limits::default()
+        };
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        let ok = b"GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\n\r\n";
+        assert_eq!(
+            parse_head(ok, &mut headers, &limits)
+                .unwrap()
+                .unwrap()
+                .headers
+                .len(),
+            2
+        );
+        let over = b"GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\n\r\n";
+        assert_eq!(
+            parse_head(over, &mut headers, &limits).unwrap_err().status,
+            431
+        );
     }
 }

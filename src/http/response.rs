@@ -3,6 +3,7 @@
 use std::borrow::Cow;
 
 use super::date::DateCache;
+use super::is_tchar;
 
 /// The response a service fills in. One is reused per loop, reset between
 /// requests, so a hello world allocates nothing.
@@ -30,7 +31,12 @@ impl Default for Response {
 impl Response {
     /// `200`, no headers, empty body.
     pub fn new() -> Response {
-        Response { status: 200, headers: Vec::new(), body: Body::Static(b""), close: false }
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Static(b""),
+            close: false,
+        }
     }
 
     /// Sets the status code (100-999 are accepted; 1xx other than 101 and
@@ -120,16 +126,108 @@ pub(crate) struct Encoding {
 /// (`false` when `enc.keep_alive` is false or the service asked to close).
 /// An invalid response (bad status, CR/LF/NUL in a header) is replaced by
 /// a 500 and logged.
+///
+/// A service's `Connection` field is sent as-is while the connection stays
+/// open (so an HTTP/1.0 keep-alive answer can carry `Connection:
+/// keep-alive`) and replaced by the single `Connection: close` otherwise.
+/// A 101 closes the connection: nothing here switches protocols.
 pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut Vec<u8>) -> bool {
-    let _ = (res, enc, date, out);
-    todo!()
+    let status = res.status;
+    if status != 101 && !(200..=999).contains(&status) {
+        log::error!("service set status {status}, which cannot be framed; sending 500");
+        return encode_error(res, enc, date, out);
+    }
+
+    // One pass over the service's fields validates them and sizes the output.
+    let mut close = !enc.keep_alive || res.close || status == 101;
+    let mut fields_len = 0;
+    for (name, value) in &res.headers {
+        if !is_token(name) || value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+            log::error!("service set an invalid header field {name:?}: {value:?}; sending 500");
+            return encode_error(res, enc, date, out);
+        }
+        close |= name.eq_ignore_ascii_case("connection") && has_close_token(value);
+        fields_len += name.len() + value.len() + 4;
+    }
+
+    // RFC 9110 8.6: no Content-Length in 1xx and 204; a 304 has no body and
+    // we do not know the length of the representation it stands for.
+    let framed = status >= 200 && status != 204 && status != 304;
+    let body = res.body_bytes();
+    let body_out = if framed && !enc.head_request {
+        body
+    } else {
+        b""
+    };
+    // Status line and our fields take at most ~150 bytes; reserving once
+    // saves the regrowth copies of several small extends.
+    out.reserve(160 + fields_len + body_out.len());
+
+    if status == 200 {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: ");
+    } else {
+        status_line(out, status);
+        out.extend_from_slice(b"Server: vigil\r\nDate: ");
+    }
+    out.extend_from_slice(date.bytes());
+    if framed {
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        decimal(out, body.len() as u64);
+    }
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &res.headers {
+        if is_server_owned(name) || (close && name.eq_ignore_ascii_case("connection")) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+    } else {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(body_out);
+    !close
+}
+
+/// The 500 that replaces a response the service got wrong. The request
+/// itself was fine, so the connection stays open if it could have.
+fn encode_error(res: &Response, enc: Encoding, date: &DateCache, out: &mut Vec<u8>) -> bool {
+    let close = !enc.keep_alive || res.close;
+    out.extend_from_slice(b"HTTP/1.1 500 Internal Server Error\r\nServer: vigil\r\nDate: ");
+    out.extend_from_slice(date.bytes());
+    out.extend_from_slice(b"\r\nContent-Length: 0\r\n");
+    if close {
+        out.extend_from_slice(b"Connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    !close
 }
 
 /// Appends an error response for a refused request: `status`, a short
 /// text/plain body naming `why`, and `Connection: close`.
 pub(crate) fn encode_reject(status: u16, why: &str, date: &DateCache, out: &mut Vec<u8>) {
-    let _ = (status, why, date, out);
-    todo!()
+    let reason = reason(status);
+    let mut code = [0; 5];
+    let code = digits(&mut code, u64::from(status));
+    // Body: "<status> <reason>: <why>\n"
+    let body_len = code.len() + 1 + reason.len() + 2 + why.len() + 1;
+    out.reserve(200 + body_len);
+    status_line(out, status);
+    out.extend_from_slice(b"Server: vigil\r\nDate: ");
+    out.extend_from_slice(date.bytes());
+    out.extend_from_slice(b"\r\nContent-Type: text/plain\r\nContent-Length: ");
+    decimal(out, body_len as u64);
+    out.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+    out.extend_from_slice(code);
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(why.as_bytes());
+    out.push(b'\n');
 }
 
 /// The interim response to `Expect: 100-continue`.
@@ -137,6 +235,368 @@ pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// The reason phrase for `status` ("" for unknown codes).
 pub(crate) fn reason(status: u16) -> &'static str {
-    let _ = status;
-    todo!()
+    // RFC 9110 section 15, plus 429 and 431 from RFC 6585.
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        203 => "Non-Authoritative Information",
+        204 => "No Content",
+        205 => "Reset Content",
+        206 => "Partial Content",
+        300 => "Multiple Choices",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        305 => "Use Proxy",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        402 => "Payment Required",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        406 => "Not Acceptable",
+        407 => "Proxy Authentication Required",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        416 => "Range Not Satisfiable",
+        417 => "Expectation Failed",
+        421 => "Misdirected Request",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// `HTTP/1.1 <status> <reason>\r\n`; the reason may be empty, the SP before
+/// it may not (RFC 9112 4).
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    decimal(out, u64::from(status));
+    out.push(b' ');
+    out.extend_from_slice(reason(status).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends `n` in decimal without going through `fmt` (no allocation, no
+/// dynamic dispatch on the hot path).
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0; 20];
+    out.extend_from_slice(digits(&mut buf, n));
+}
+
+fn digits(buf: &mut [u8], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// Fields the encoder writes itself; a service's copy would contradict the
+/// framing (or duplicate Date), so it is dropped.
+fn is_server_owned(name: &str) -> bool {
+    match name.len() {
+        4 => name.eq_ignore_ascii_case("date"),
+        14 => name.eq_ignore_ascii_case("content-length"),
+        17 => name.eq_ignore_ascii_case("transfer-encoding"),
+        _ => false,
+    }
+}
+
+fn has_close_token(value: &str) -> bool {
+    value.split(',').any(|token| {
+        token
+            .trim_matches([' ', '\t'])
+            .eq_ignore_ascii_case("close")
+    })
+}
+
+/// token = 1*tchar (RFC 9110 5.6.2).
+fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_tchar)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    const DATE: &str = "Sun, 06 Nov 1994 08:49:37 GMT";
+
+    fn date() -> DateCache {
+        let mut date = DateCache::new();
+        date.refresh(UNIX_EPOCH + Duration::from_secs(784_111_777));
+        date
+    }
+
+    const KEEP: Encoding = Encoding {
+        head_request: false,
+        keep_alive: true,
+    };
+    const CLOSE: Encoding = Encoding {
+        head_request: false,
+        keep_alive: false,
+    };
+    const HEAD: Encoding = Encoding {
+        head_request: true,
+        keep_alive: true,
+    };
+
+    fn encoded(res: &Response, enc: Encoding) -> (String, bool) {
+        let mut out = b"previous".to_vec();
+        let open = encode(res, enc, &date(), &mut out);
+        assert_eq!(&out[..8], b"previous", "encode appends");
+        (String::from_utf8(out[8..].to_vec()).unwrap(), open)
+    }
+
+    fn hello() -> Response {
+        let mut res = Response::new();
+        res.header("Content-Type", "text/plain")
+            .body_static(b"Hello, World!");
+        res
+    }
+
+    /// Expected wire text: `{D}` stands for the date.
+    fn wire(text: &str) -> String {
+        text.replace("{D}", DATE)
+    }
+
+    #[test]
+    fn hello_world() {
+        let want = "HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 13\r\n\
+                    Content-Type: text/plain\r\n\r\nHello, World!";
+        assert_eq!(encoded(&hello(), KEEP), (wire(want), true));
+    }
+
+    #[test]
+    fn close_variants_say_close_once() {
+        let want = "HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 13\r\n\
+                    Content-Type: text/plain\r\nConnection: close\r\n\r\nHello, World!";
+        assert_eq!(encoded(&hello(), CLOSE), (wire(want), false));
+
+        let mut res = hello();
+        res.close();
+        assert_eq!(encoded(&res, KEEP), (wire(want), false));
+
+        for value in ["close", "Close", "keep-alive, CLOSE"] {
+            let mut res = hello();
+            res.header("connection", value);
+            assert_eq!(encoded(&res, KEEP), (wire(want), false), "{value}");
+            assert_eq!(encoded(&res, CLOSE), (wire(want), false), "{value}");
+        }
+
+        // Without close, the service's Connection field goes out unchanged...
+        let mut res = hello();
+        res.header("Connection", "keep-alive");
+        let (text, open) = encoded(&res, KEEP);
+        assert!(open);
+        assert!(
+            text.contains("\r\nConnection: keep-alive\r\n\r\n"),
+            "{text}"
+        );
+        // ...but gives way when the connection closes anyway.
+        assert_eq!(encoded(&res, CLOSE), (wire(want), false));
+    }
+
+    #[test]
+    fn server_owned_fields_are_dropped() {
+        let mut res = Response::new();
+        res.header("content-length", "99")
+            .header("Transfer-Encoding", "chunked")
+            .header("DATE", "yesterday")
+            .header("X-A", "1")
+            .body("abc");
+        let want = "HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 3\r\nX-A: 1\r\n\r\nabc";
+        assert_eq!(encoded(&res, KEEP), (wire(want), true));
+    }
+
+    #[test]
+    fn head_has_length_but_no_body() {
+        let want = "HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 13\r\n\
+                    Content-Type: text/plain\r\n\r\n";
+        assert_eq!(encoded(&hello(), HEAD), (wire(want), true));
+    }
+
+    #[test]
+    fn no_length_no_body() {
+        for (status, line) in [(204, "204 No Content"), (304, "304 Not Modified")] {
+            let mut res = hello();
+            res.status(status);
+            let want = format!(
+                "HTTP/1.1 {line}\r\nServer: vigil\r\nDate: {{D}}\r\nContent-Type: text/plain\r\n\r\n"
+            );
+            assert_eq!(encoded(&res, KEEP), (wire(&want), true));
+            assert_eq!(encoded(&res, HEAD), (wire(&want), true));
+        }
+        let mut res = Response::new();
+        res.status(101).header("Upgrade", "x").body("ignored");
+        let want =
+            "HTTP/1.1 101 Switching Protocols\r\nServer: vigil\r\nDate: {D}\r\nUpgrade: x\r\n\
+                    Connection: close\r\n\r\n";
+        assert_eq!(encoded(&res, KEEP), (wire(want), false));
+    }
+
+    #[test]
+    fn other_statuses() {
+        let mut res = Response::new();
+        res.status(404).body_mut().extend_from_slice(b"nope");
+        let want =
+            "HTTP/1.1 404 Not Found\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 4\r\n\r\nnope";
+        assert_eq!(encoded(&res, KEEP), (wire(want), true));
+        res.status(299).body_static(b"");
+        let want = "HTTP/1.1 299 \r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(encoded(&res, KEEP), (wire(want), true));
+    }
+
+    const ERROR_500: &str = "HTTP/1.1 500 Internal Server Error\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 0\r\n\r\n";
+    const ERROR_500_CLOSE: &str =
+        "HTTP/1.1 500 Internal Server Error\r\nServer: vigil\r\nDate: {D}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+    #[test]
+    fn invalid_responses_become_500() {
+        for status in [0, 99, 100, 102, 199, 1000, u16::MAX] {
+            let mut res = hello();
+            res.status(status);
+            assert_eq!(
+                encoded(&res, KEEP),
+                (wire(ERROR_500), true),
+                "status {status}"
+            );
+            assert_eq!(
+                encoded(&res, CLOSE),
+                (wire(ERROR_500_CLOSE), false),
+                "status {status}"
+            );
+        }
+        let bad: &[(&str, &str)] = &[
+            ("X-A", "a\r\nSet-Cookie: x"),
+            ("X-A", "a\nb"),
+            ("X-A", "a\rb"),
+            ("X-A", "a\0b"),
+            ("X A", "b"),
+            ("X-A:", "b"),
+            ("", "b"),
+            ("X-A\r\n", "b"),
+            ("Ü", "b"),
+        ];
+        for &(name, value) in bad {
+            let mut res = hello();
+            res.header(name, value);
+            assert_eq!(
+                encoded(&res, KEEP),
+                (wire(ERROR_500), true),
+                "{name:?}: {value:?}"
+            );
+            res.close();
+            assert_eq!(
+                encoded(&res, KEEP),
+                (wire(ERROR_500_CLOSE), false),
+                "{name:?}: {value:?}"
+            );
+        }
+        // Tabs and non-ASCII text are fine in values.
+        let mut res = Response::new();
+        res.header("X-A", "a\tb ü");
+        assert!(encoded(&res, KEEP).0.contains("\r\nX-A: a\tb ü\r\n"));
+    }
+
+    #[test]
+    fn reject() {
+        let mut out = Vec::new();
+        encode_reject(431, "too many header fields", &date(), &mut out);
+        let body = "431 Request Header Fields Too Large: too many header fields\n";
+        let want = format!(
+            "HTTP/1.1 431 Request Header Fields Too Large\r\nServer: vigil\r\nDate: {DATE}\r\n\
+             Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn reasons() {
+        let table = [
+            (100, "Continue"),
+            (200, "OK"),
+            (308, "Permanent Redirect"),
+            (413, "Content Too Large"),
+            (414, "URI Too Long"),
+            (417, "Expectation Failed"),
+            (422, "Unprocessable Content"),
+            (429, "Too Many Requests"),
+            (431, "Request Header Fields Too Large"),
+            (505, "HTTP Version Not Supported"),
+            (306, ""),
+            (418, ""),
+            (999, ""),
+        ];
+        for (status, want) in table {
+            assert_eq!(reason(status), want, "{status}");
+        }
+    }
+
+    #[test]
+    fn continue_is_interim() {
+        assert_eq!(
+            CONTINUE,
+            format!("HTTP/1.1 100 {}\r\n\r\n", reason(100)).as_bytes()
+        );
+    }
+
+    #[test]
+    fn reset_keeps_small_buffers() {
+        let mut res = hello();
+        res.status(404)
+            .header("X", "y")
+            .close()
+            .body_mut()
+            .extend_from_slice(b"more");
+        let capacity = res.body_mut().capacity();
+        res.reset();
+        assert_eq!(
+            (res.status, res.headers.len(), res.close, res.body_bytes()),
+            (200, 0, false, &b""[..])
+        );
+        assert_eq!(res.body_mut().capacity(), capacity);
+        res.body(vec![0; 64 * 1024 + 1]);
+        res.reset();
+        assert!(
+            matches!(res.body, Body::Static(b"")),
+            "a large buffer is let go"
+        );
+    }
+
+    #[test]
+    fn decimals() {
+        for n in [0, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = Vec::new();
+            decimal(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
 }
