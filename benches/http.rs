@@ -36,11 +36,7 @@ fn chunked(c: &mut Criterion) {
     // 16 chunks of 1 KiB, one with an extension, then a trailer.
     let mut input = Vec::new();
     for i in 0..16 {
-        input.extend_from_slice(if i == 3 {
-            b"400;ext=\"v\"\r\n".as_slice()
-        } else {
-            b"400\r\n"
-        });
+        input.extend_from_slice(if i == 3 { b"400;ext=\"v\"\r\n".as_slice() } else { b"400\r\n" });
         input.extend(std::iter::repeat(b'x').take(1024));
         input.extend_from_slice(b"\r\n");
     }

@@ -136,12 +136,11 @@ impl Conn {
         }
     }
 
-    /// Between requests with nothing buffered: safe to close at any moment.
-    pub(crate) fn is_idle(&self) -> bool {
-        self.timer == Timer::Idle
-            && self.input.is_empty()
-            && self.output.is_empty()
-            && self.closing == Closing::Open
+    /// Brings an idle connection's deadline forward to `at` (draining).
+    pub(crate) fn close_when_idle_by(&mut self, at: Instant) {
+        if self.timer == Timer::Idle {
+            self.deadline = self.deadline.min(at);
+        }
     }
 
     /// Reads and answers everything available, then writes.

@@ -30,6 +30,10 @@ const ACCEPT_BATCH: usize = 64;
 /// instead of spinning on a listener that stays readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// How long an idle keep-alive connection of a draining loop stays open
+/// for a request its client may already have sent.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
+
 /// Size of the loop's read buffer, shared by all its connections.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -42,6 +46,8 @@ pub(crate) fn spawn<F: ServiceFactory>(
     ready: crossbeam_channel::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
+        // Marks the loop exited however the thread ends, unwinding included.
+        let _exited = ExitGuard(shared.clone());
         shared.tid.store(sys::thread_id(), Relaxed);
         if let Some(core) = shared.core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
@@ -58,11 +64,18 @@ pub(crate) fn spawn<F: ServiceFactory>(
             }
             Err(err) => log::error!("loop {} could not start: {err}", shared.name()),
         }
-        if let Some(arena) = *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) {
+    })
+}
+
+struct ExitGuard(Arc<LoopShared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(arena) = *self.0.arena.lock().unwrap_or_else(|p| p.into_inner()) {
             memory::release_arena(arena);
         }
-        shared.set_state(LoopState::Exited);
-    })
+        self.0.set_state(LoopState::Exited);
+    }
 }
 
 struct EventLoop<F: ServiceFactory> {
@@ -340,9 +353,6 @@ impl<F: ServiceFactory> EventLoop<F> {
         if readable && next != Next::Close {
             next = conn.on_readable(&mut self.scratch, &mut self.d);
         }
-        if next == Next::Wait && self.d.draining && conn.is_idle() {
-            next = Next::Close;
-        }
         match next {
             Next::Wait => {}
             Next::Deferred => self.deferred.push(key),
@@ -408,19 +418,16 @@ impl<F: ServiceFactory> EventLoop<F> {
             self.server.config.drain_timeout
         };
         self.drain_deadline = Some(self.d.now + timeout);
-        let open = self.conns.len();
-        // Read first: a request may already sit in the socket of a
-        // connection that looks idle; it is answered (with `Connection:
-        // close`) rather than cut off. Idle connections are closed.
-        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.on_conn_event(key, true, false);
+        // Idle keep-alive connections are not closed at once: a client may
+        // be sending its next request right now, and closing under it
+        // would lose that request. Each gets a short grace; a request that
+        // comes in it is answered with `Connection: close`.
+        let grace = self.d.now + DRAIN_IDLE_GRACE;
+        for (_, conn) in self.conns.iter_mut() {
+            conn.close_when_idle_by(grace);
         }
-        log::info!(
-            "loop {} draining open={open} still_busy={}",
-            self.d.shared.name(),
-            self.conns.len()
-        );
+        self.next_sweep = self.next_sweep.min(grace);
+        log::info!("loop {} draining open={}", self.d.shared.name(), self.conns.len());
     }
 
     fn publish_counters(&mut self) {

@@ -87,20 +87,13 @@ pub mod __bench {
         /// `200`, `Content-Type: text/plain`, body `Hello, World!`.
         pub fn hello_world() -> Encoder {
             let mut res = Response::new();
-            res.header("Content-Type", "text/plain")
-                .body_static(b"Hello, World!");
-            Encoder {
-                res,
-                date: DateCache::new(),
-            }
+            res.header("Content-Type", "text/plain").body_static(b"Hello, World!");
+            Encoder { res, date: DateCache::new() }
         }
 
         /// Appends the response to `out`; whether the connection stays open.
         pub fn encode(&self, out: &mut Vec<u8>) -> bool {
-            let enc = response::Encoding {
-                head_request: false,
-                keep_alive: true,
-            };
+            let enc = response::Encoding { head_request: false, keep_alive: true };
             response::encode(&self.res, enc, &self.date, out)
         }
     }

@@ -5,7 +5,7 @@
 //! Everything here degrades to "unavailable" when jemalloc is not the
 //! global allocator: the library must work under any allocator.
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use serde::Serialize;
 use tikv_jemalloc_ctl::{epoch, raw, stats};
@@ -28,27 +28,22 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Arenas of loops that have exited, handed to the next new loop: jemalloc
-/// cannot destroy an arena cheaply, so the count stays at the most loops
-/// ever alive at once.
-static FREE_ARENAS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
-
 /// Gives the calling thread an arena of its own; `None` without jemalloc.
+///
+/// Always a fresh arena, never one an exited loop used: memory that loop
+/// handed to other threads may still live in its arena, and would be
+/// counted against the newcomer (and could push it over `mem_limit`).
 pub(crate) fn bind_thread_arena() -> Option<u32> {
     if !available() {
         return None;
     }
-    let reused = FREE_ARENAS.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    let arena = match reused {
-        Some(arena) => arena,
-        // SAFETY: `arenas.create` is a read of type `unsigned` (u32).
-        None => match unsafe { raw::read::<u32>(b"arenas.create\0") } {
-            Ok(arena) => arena,
-            Err(err) => {
-                log::warn!("jemalloc arenas.create failed: {err}");
-                return None;
-            }
-        },
+    // SAFETY: `arenas.create` is a read of type `unsigned` (u32).
+    let arena = match unsafe { raw::read::<u32>(b"arenas.create\0") } {
+        Ok(arena) => arena,
+        Err(err) => {
+            log::warn!("jemalloc arenas.create failed: {err}");
+            return None;
+        }
     };
     // SAFETY: `thread.arena` is a write of type `unsigned` (u32).
     match unsafe { raw::write::<u32>(b"thread.arena\0", arena) } {
@@ -60,14 +55,13 @@ pub(crate) fn bind_thread_arena() -> Option<u32> {
     }
 }
 
-/// Returns the arena of an exiting loop thread for reuse.
+/// Returns the free pages of an exiting loop's arena to the system.
 pub(crate) fn release_arena(arena: u32) {
     let name = format!("arena.{arena}.purge\0");
     // SAFETY: `arena.<i>.purge` takes no value (a void write).
     if let Err(err) = unsafe { raw::write::<()>(name.as_bytes(), ()) } {
         log::debug!("jemalloc purge of arena {arena} failed: {err}");
     }
-    FREE_ARENAS.lock().unwrap_or_else(|p| p.into_inner()).push(arena);
 }
 
 /// Figures of one arena, in bytes.

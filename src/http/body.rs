@@ -121,23 +121,19 @@ impl ChunkedDecoder {
             self.step(input[pos], max_body, max_trailer_bytes)?;
             pos += 1;
         }
-        Ok(Progress {
-            consumed: pos,
-            done: self.state == State::Done,
-        })
+        Ok(Progress { consumed: pos, done: self.state == State::Done })
     }
 
     /// Advances over one byte of framing (anything but chunk data).
     fn step(&mut self, b: u8, max_body: usize, max_trailer_bytes: usize) -> Result<(), Reject> {
         use State::*;
 
-        if matches!(
-            self.state,
-            SizeStart | Size | ExtBws | ExtNameStart | ExtName | ExtNameBws
-        ) || matches!(
-            self.state,
-            ExtValueStart | ExtToken | ExtQuoted | ExtQuotedEscape | ExtValueEnd
-        ) {
+        if matches!(self.state, SizeStart | Size | ExtBws | ExtNameStart | ExtName | ExtNameBws)
+            || matches!(
+                self.state,
+                ExtValueStart | ExtToken | ExtQuoted | ExtQuotedEscape | ExtValueEnd
+            )
+        {
             self.line_len += 1;
             if self.line_len > MAX_SIZE_LINE {
                 return Err(Reject::new(400, "chunk-size line too long"));
@@ -155,11 +151,8 @@ impl ChunkedDecoder {
         self.state = match (self.state, b) {
             (SizeStart | Size, _) if b.is_ascii_hexdigit() => {
                 let digit = u64::from((b as char).to_digit(16).unwrap_or(0));
-                self.size = self
-                    .size
-                    .checked_mul(16)
-                    .and_then(|s| s.checked_add(digit))
-                    .ok_or(BAD_SIZE)?;
+                self.size =
+                    self.size.checked_mul(16).and_then(|s| s.checked_add(digit)).ok_or(BAD_SIZE)?;
                 // The size only grows with more digits, so refuse as soon as
                 // it exceeds what the body may still hold.
                 if self.size > (max_body as u64).saturating_sub(self.total) {
@@ -273,31 +266,17 @@ mod tests {
         let table: &[(&[u8], &[u8])] = &[
             (b"0\r\n\r\n", b""),
             (b"5\r\nhello\r\n0\r\n\r\n", b"hello"),
-            (
-                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET / HTTP/1.1\r\n",
-                b"hello world",
-            ),
-            (
-                b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n",
-                b"01234567890123456789",
-            ),
+            (b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\nGET / HTTP/1.1\r\n", b"hello world"),
+            (b"A\r\n0123456789\r\na\r\n0123456789\r\n0\r\n\r\n", b"01234567890123456789"),
             (b"0005\r\nhello\r\n000\r\n\r\n", b"hello"),
             (b"5;a\r\nhello\r\n0;b=c\r\n\r\n", b"hello"),
-            (
-                b"5 ; a = b ; c=\"q \\\" d\"\r\nhello\r\n0\r\n\r\n",
-                b"hello",
-            ),
+            (b"5 ; a = b ; c=\"q \\\" d\"\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"5;a=\"\"\r\nhello\r\n0\r\n\r\n", b"hello"),
             (b"5\r\nhello\r\n0\r\nX-Sum: abc\r\nY:\r\n\r\n", b"hello"),
             (b"3\r\n\r\n\r\r\n0\r\n\r\n", b"\r\n\r"),
         ];
         for &(input, want) in table {
-            let consumed = input.len()
-                - if input.ends_with(b"HTTP/1.1\r\n") {
-                    16
-                } else {
-                    0
-                };
+            let consumed = input.len() - if input.ends_with(b"HTTP/1.1\r\n") { 16 } else { 0 };
             let got = decode_every_split(input);
             assert_eq!(
                 got,
@@ -310,21 +289,10 @@ mod tests {
 
     #[test]
     fn waits_for_more() {
-        for input in [
-            &b""[..],
-            b"5",
-            b"5\r\nhel",
-            b"5\r\nhello\r\n",
-            b"0\r\n",
-            b"0\r\nX: y\r\n",
-            b"0\r\n\r",
-        ] {
-            assert_eq!(
-                decode_every_split(input),
-                Ok(None),
-                "{:?}",
-                String::from_utf8_lossy(input)
-            );
+        for input in
+            [&b""[..], b"5", b"5\r\nhel", b"5\r\nhello\r\n", b"0\r\n", b"0\r\nX: y\r\n", b"0\r\n\r"]
+        {
+            assert_eq!(decode_every_split(input), Ok(None), "{:?}", String::from_utf8_lossy(input));
         }
     }
 
@@ -333,26 +301,10 @@ mod tests {
         let mut decoder = ChunkedDecoder::new();
         let mut body = Vec::new();
         let input = b"1\r\na\r\n0\r\n\r\nrest";
-        let progress = decoder
-            .decode(input, &mut body, MAX_BODY, MAX_TRAILER)
-            .unwrap();
-        assert_eq!(
-            progress,
-            Progress {
-                consumed: 11,
-                done: true
-            }
-        );
-        let again = decoder
-            .decode(b"rest", &mut body, MAX_BODY, MAX_TRAILER)
-            .unwrap();
-        assert_eq!(
-            again,
-            Progress {
-                consumed: 0,
-                done: true
-            }
-        );
+        let progress = decoder.decode(input, &mut body, MAX_BODY, MAX_TRAILER).unwrap();
+        assert_eq!(progress, Progress { consumed: 11, done: true });
+        let again = decoder.decode(b"rest", &mut body, MAX_BODY, MAX_TRAILER).unwrap();
+        assert_eq!(again, Progress { consumed: 0, done: true });
         assert_eq!(body, b"a");
     }
 
@@ -425,13 +377,7 @@ mod tests {
         assert_eq!(result.unwrap_err().status, 400);
         let mut decoder = ChunkedDecoder::new();
         let result = decoder.decode(b"FFFFFFFFFFFFFFFF", &mut Vec::new(), usize::MAX, 0);
-        assert_eq!(
-            result,
-            Ok(Progress {
-                consumed: 16,
-                done: false
-            })
-        );
+        assert_eq!(result, Ok(Progress { consumed: 16, done: false }));
     }
 
     #[test]

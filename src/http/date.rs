@@ -20,10 +20,7 @@ const MONTH_NAMES: [&[u8; 3]; 12] = [
 
 impl DateCache {
     pub(crate) fn new() -> DateCache {
-        let mut cache = DateCache {
-            secs: u64::MAX,
-            text: [b' '; 29],
-        };
+        let mut cache = DateCache { secs: u64::MAX, text: [b' '; 29] };
         cache.refresh(SystemTime::now());
         cache
     }
@@ -34,10 +31,7 @@ impl DateCache {
     /// header always names the clock's current second. Times before 1970
     /// are shown as the epoch.
     pub(crate) fn refresh(&mut self, now: SystemTime) {
-        let secs = now
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .min(MAX_SECS);
+        let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()).min(MAX_SECS);
         if secs != self.secs {
             self.secs = secs;
             self.text = format_imf_fixdate(secs);
@@ -151,20 +145,7 @@ mod tests {
         for days in 0..(430 * 366) {
             assert_eq!(civil_from_days(days), (y, m, d), "days = {days}");
             let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-            let len = [
-                31,
-                if leap { 29 } else { 28 },
-                31,
-                30,
-                31,
-                30,
-                31,
-                31,
-                30,
-                31,
-                30,
-                31,
-            ];
+            let len = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
             d += 1;
             if d > len[(m - 1) as usize] {
                 d = 1;

@@ -53,10 +53,7 @@ pub(crate) fn parse_head<'b, 'h>(
     headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     limits: &Limits,
 ) -> Result<Option<Head<'b, 'h>>, Reject> {
-    debug_assert!(
-        headers.len() >= limits.max_headers,
-        "header array below limits.max_headers"
-    );
+    debug_assert!(headers.len() >= limits.max_headers, "header array below limits.max_headers");
     let max_headers = limits.max_headers.min(headers.len());
     // Parsing only the first max_head_bytes bounds the work per call, and a
     // head still partial within them is over the limit by definition.
@@ -83,11 +80,7 @@ pub(crate) fn parse_head<'b, 'h>(
         return Err(Reject::new(400, "bare LF in request head"));
     }
 
-    let version = if minor == 0 {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
+    let version = if minor == 0 { Version::Http10 } else { Version::Http11 };
     let (path, query) = split_target(method, target)?;
     let fields = Fields::scan(headers)?;
 
@@ -104,10 +97,7 @@ pub(crate) fn parse_head<'b, 'h>(
             return Err(Reject::new(400, "Transfer-Encoding in HTTP/1.0"));
         }
         (Some(_), Some(_)) => {
-            return Err(Reject::new(
-                400,
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(Reject::new(400, "both Content-Length and Transfer-Encoding"));
         }
         (Some(te), None) if te.chunked == 1 && !te.other => Framing::Chunked,
         (Some(_), None) => {
@@ -156,9 +146,7 @@ fn incomplete<T>(buf: &[u8], limits: &Limits) -> Result<Option<T>, Reject> {
 
 /// httparse skips empty lines before the request line (RFC 9112 2.2).
 fn leading_empty_lines(buf: &[u8]) -> usize {
-    buf.iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len())
+    buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len())
 }
 
 /// httparse reports `Version` as soon as a byte differs from `HTTP/1.0` or
@@ -204,10 +192,9 @@ fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'
     if method == "CONNECT" {
         // authority-form, and only for CONNECT (RFC 9112 3.2.3).
         return match authority(target.as_bytes()) {
-            Some(Authority {
-                host_empty: false,
-                port: Some(port),
-            }) if !port.is_empty() => Ok((target, None)),
+            Some(Authority { host_empty: false, port: Some(port) }) if !port.is_empty() => {
+                Ok((target, None))
+            }
             _ => Err(Reject::new(400, "CONNECT needs host:port")),
         };
     }
@@ -233,9 +220,7 @@ fn split_target<'b>(method: &str, target: &'b str) -> Result<(&'b str, Option<&'
     };
     let auth_end = rest.find(['/', '?']).unwrap_or(rest.len());
     match authority(&rest.as_bytes()[..auth_end]) {
-        Some(Authority {
-            host_empty: false, ..
-        }) => {}
+        Some(Authority { host_empty: false, .. }) => {}
         _ => return Err(Reject::new(400, "invalid authority in request target")),
     }
     let rest = &rest[auth_end..];
@@ -265,11 +250,7 @@ fn authority(s: &[u8]) -> Option<Authority<'_>> {
     let (host_empty, port) = if let Some(literal) = s.strip_prefix(b"[") {
         let close = literal.iter().position(|&b| b == b']')?;
         let ip = &literal[..close];
-        if ip.is_empty()
-            || !ip
-                .iter()
-                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
+        if ip.is_empty() || !ip.iter().all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.') {
             return None;
         }
         match &literal[close + 1..] {
@@ -524,11 +505,7 @@ mod tests {
     }
 
     fn small_limits() -> Limits {
-        Limits {
-            max_head_bytes: 64,
-            max_headers: 4,
-            max_body_bytes: 100,
-        }
+        Limits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 100 }
     }
 
     /// `name: input => status;` asserts that the head is refused with status.
@@ -621,43 +598,19 @@ mod tests {
             // Request line alone over 64 bytes, no LF yet.
             (&[b"GET /".as_slice(), &[b'a'; 80]].concat(), 414),
             // Request line complete but longer than the limit.
-            (
-                &[
-                    b"GET /".as_slice(),
-                    &[b'a'; 80],
-                    b" HTTP/1.1\r\nHost: a\r\n\r\n",
-                ]
-                .concat(),
-                414,
-            ),
+            (&[b"GET /".as_slice(), &[b'a'; 80], b" HTTP/1.1\r\nHost: a\r\n\r\n"].concat(), 414),
             // Request line fits; the fields push the head over.
-            (
-                &[b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'a'; 60]].concat(),
-                431,
-            ),
+            (&[b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'a'; 60]].concat(), 431),
             // Complete head over the limit.
             (
-                &[
-                    b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(),
-                    &[b'a'; 60],
-                    b"\r\n\r\n",
-                ]
-                .concat(),
+                &[b"GET / HTTP/1.1\r\nHost: a\r\nX: ".as_slice(), &[b'a'; 60], b"\r\n\r\n"]
+                    .concat(),
                 431,
             ),
-            (
-                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n",
-                431,
-            ),
+            (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", 431),
             // Too many fields is seen before the head is complete.
-            (
-                b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n",
-                431,
-            ),
-            (
-                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n",
-                413,
-            ),
+            (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n", 431),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n", 413),
             (b"GET / HTTP/3\r\nHost: a\r\n\r\n", 400),
         ];
         for (input, status) in table {
@@ -686,12 +639,9 @@ mod tests {
         assert!(parse(full).unwrap().is_some());
         // A version that may still turn out well-formed waits too; the
         // verdict comes with the rest of the line.
-        for cut in [
-            b"GET / HTTP/2".as_slice(),
-            b"GET / HTTP/2.",
-            b"GET / HTTP/2.0",
-            b"GET / HTTP/2.0\r",
-        ] {
+        for cut in
+            [b"GET / HTTP/2".as_slice(), b"GET / HTTP/2.", b"GET / HTTP/2.0", b"GET / HTTP/2.0\r"]
+        {
             assert_eq!(parse(cut), Ok(None), "{:?}", String::from_utf8_lossy(cut));
         }
         assert_eq!(parse(b"GET / HTTP/2.0\r\n").unwrap_err().status, 505);
@@ -742,10 +692,7 @@ mod tests {
                 b"GET /? HTTP/1.1\r\nHost: a\r\n\r\n",
                 head("GET", "/", Some(""), Http11, 1, Empty, true, false),
             ),
-            (
-                b"GET / HTTP/1.0\r\n\r\n",
-                head("GET", "/", None, Http10, 0, Empty, false, false),
-            ),
+            (b"GET / HTTP/1.0\r\n\r\n", head("GET", "/", None, Http10, 0, Empty, false, false)),
             (
                 b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
                 head("GET", "/", None, Http10, 1, Empty, true, false),
@@ -808,16 +755,7 @@ mod tests {
             ),
             (
                 b"CONNECT a.example:443 HTTP/1.1\r\nHost: a.example:443\r\n\r\n",
-                head(
-                    "CONNECT",
-                    "a.example:443",
-                    None,
-                    Http11,
-                    1,
-                    Empty,
-                    true,
-                    false,
-                ),
+                head("CONNECT", "a.example:443", None, Http11, 1, Empty, true, false),
             ),
             // An empty Host is what a client sends for a URI without authority.
             (
@@ -835,14 +773,9 @@ mod tests {
             ),
         ];
         for (input, want) in table {
-            let after = [&b"next"[..], b"hello"]
-                .iter()
-                .find(|t| input.ends_with(t))
-                .map_or(0, |t| t.len());
-            let want = &Parsed {
-                len: input.len() - after,
-                ..want.clone()
-            };
+            let after =
+                [&b"next"[..], b"hello"].iter().find(|t| input.ends_with(t)).map_or(0, |t| t.len());
+            let want = &Parsed { len: input.len() - after, ..want.clone() };
             let got = parse(input);
             assert_eq!(
                 got.as_ref().map(Option::as_ref),
@@ -856,10 +789,7 @@ mod tests {
     #[test]
     fn header_values_are_trimmed() {
         let mut headers = [MaybeUninit::uninit(); 8];
-        let limits = Limits {
-            max_headers: 8,
-            ..Limits::default()
-        };
+        let limits = Limits { max_headers: 8, ..Limits::default() };
         let buf = b"GET / HTTP/1.1\r\nHost:  a \r\nX-A:\t b c \t\r\n\r\n";
         let head = parse_head(buf, &mut headers, &limits).unwrap().unwrap();
         let values: Vec<_> = head.headers.iter().map(|h| (h.name, h.value)).collect();
@@ -868,24 +798,11 @@ mod tests {
 
     #[test]
     fn uses_only_max_headers() {
-        let limits = Limits {
-            max_headers: 2,
-            ..Limits::default()
-        };
+        let limits = Limits { max_headers: 2, ..Limits::default() };
         let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
         let ok = b"GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\n\r\n";
-        assert_eq!(
-            parse_head(ok, &mut headers, &limits)
-                .unwrap()
-                .unwrap()
-                .headers
-                .len(),
-            2
-        );
+        assert_eq!(parse_head(ok, &mut headers, &limits).unwrap().unwrap().headers.len(), 2);
         let over = b"GET / HTTP/1.1\r\nHost: a\r\nB: 2\r\nC: 3\r\n\r\n";
-        assert_eq!(
-            parse_head(over, &mut headers, &limits).unwrap_err().status,
-            431
-        );
+        assert_eq!(parse_head(over, &mut headers, &limits).unwrap_err().status, 431);
     }
 }

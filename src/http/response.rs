@@ -31,12 +31,7 @@ impl Default for Response {
 impl Response {
     /// `200`, no headers, empty body.
     pub fn new() -> Response {
-        Response {
-            status: 200,
-            headers: Vec::new(),
-            body: Body::Static(b""),
-            close: false,
-        }
+        Response { status: 200, headers: Vec::new(), body: Body::Static(b""), close: false }
     }
 
     /// Sets the status code (100-999 are accepted; 1xx other than 101 and
@@ -154,11 +149,7 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     // we do not know the length of the representation it stands for.
     let framed = status >= 200 && status != 204 && status != 304;
     let body = res.body_bytes();
-    let body_out = if framed && !enc.head_request {
-        body
-    } else {
-        b""
-    };
+    let body_out = if framed && !enc.head_request { body } else { b"" };
     // Status line and our fields take at most ~150 bytes; reserving once
     // saves the regrowth copies of several small extends.
     out.reserve(160 + fields_len + body_out.len());
@@ -328,11 +319,7 @@ fn is_server_owned(name: &str) -> bool {
 }
 
 fn has_close_token(value: &str) -> bool {
-    value.split(',').any(|token| {
-        token
-            .trim_matches([' ', '\t'])
-            .eq_ignore_ascii_case("close")
-    })
+    value.split(',').any(|token| token.trim_matches([' ', '\t']).eq_ignore_ascii_case("close"))
 }
 
 /// token = 1*tchar (RFC 9110 5.6.2).
@@ -354,18 +341,9 @@ mod tests {
         date
     }
 
-    const KEEP: Encoding = Encoding {
-        head_request: false,
-        keep_alive: true,
-    };
-    const CLOSE: Encoding = Encoding {
-        head_request: false,
-        keep_alive: false,
-    };
-    const HEAD: Encoding = Encoding {
-        head_request: true,
-        keep_alive: true,
-    };
+    const KEEP: Encoding = Encoding { head_request: false, keep_alive: true };
+    const CLOSE: Encoding = Encoding { head_request: false, keep_alive: false };
+    const HEAD: Encoding = Encoding { head_request: true, keep_alive: true };
 
     fn encoded(res: &Response, enc: Encoding) -> (String, bool) {
         let mut out = b"previous".to_vec();
@@ -376,8 +354,7 @@ mod tests {
 
     fn hello() -> Response {
         let mut res = Response::new();
-        res.header("Content-Type", "text/plain")
-            .body_static(b"Hello, World!");
+        res.header("Content-Type", "text/plain").body_static(b"Hello, World!");
         res
     }
 
@@ -415,10 +392,7 @@ mod tests {
         res.header("Connection", "keep-alive");
         let (text, open) = encoded(&res, KEEP);
         assert!(open);
-        assert!(
-            text.contains("\r\nConnection: keep-alive\r\n\r\n"),
-            "{text}"
-        );
+        assert!(text.contains("\r\nConnection: keep-alive\r\n\r\n"), "{text}");
         // ...but gives way when the connection closes anyway.
         assert_eq!(encoded(&res, CLOSE), (wire(want), false));
     }
@@ -482,16 +456,8 @@ mod tests {
         for status in [0, 99, 100, 102, 199, 1000, u16::MAX] {
             let mut res = hello();
             res.status(status);
-            assert_eq!(
-                encoded(&res, KEEP),
-                (wire(ERROR_500), true),
-                "status {status}"
-            );
-            assert_eq!(
-                encoded(&res, CLOSE),
-                (wire(ERROR_500_CLOSE), false),
-                "status {status}"
-            );
+            assert_eq!(encoded(&res, KEEP), (wire(ERROR_500), true), "status {status}");
+            assert_eq!(encoded(&res, CLOSE), (wire(ERROR_500_CLOSE), false), "status {status}");
         }
         let bad: &[(&str, &str)] = &[
             ("X-A", "a\r\nSet-Cookie: x"),
@@ -507,17 +473,9 @@ mod tests {
         for &(name, value) in bad {
             let mut res = hello();
             res.header(name, value);
-            assert_eq!(
-                encoded(&res, KEEP),
-                (wire(ERROR_500), true),
-                "{name:?}: {value:?}"
-            );
+            assert_eq!(encoded(&res, KEEP), (wire(ERROR_500), true), "{name:?}: {value:?}");
             res.close();
-            assert_eq!(
-                encoded(&res, KEEP),
-                (wire(ERROR_500_CLOSE), false),
-                "{name:?}: {value:?}"
-            );
+            assert_eq!(encoded(&res, KEEP), (wire(ERROR_500_CLOSE), false), "{name:?}: {value:?}");
         }
         // Tabs and non-ASCII text are fine in values.
         let mut res = Response::new();
@@ -562,20 +520,13 @@ mod tests {
 
     #[test]
     fn continue_is_interim() {
-        assert_eq!(
-            CONTINUE,
-            format!("HTTP/1.1 100 {}\r\n\r\n", reason(100)).as_bytes()
-        );
+        assert_eq!(CONTINUE, format!("HTTP/1.1 100 {}\r\n\r\n", reason(100)).as_bytes());
     }
 
     #[test]
     fn reset_keeps_small_buffers() {
         let mut res = hello();
-        res.status(404)
-            .header("X", "y")
-            .close()
-            .body_mut()
-            .extend_from_slice(b"more");
+        res.status(404).header("X", "y").close().body_mut().extend_from_slice(b"more");
         let capacity = res.body_mut().capacity();
         res.reset();
         assert_eq!(
@@ -585,10 +536,7 @@ mod tests {
         assert_eq!(res.body_mut().capacity(), capacity);
         res.body(vec![0; 64 * 1024 + 1]);
         res.reset();
-        assert!(
-            matches!(res.body, Body::Static(b"")),
-            "a large buffer is let go"
-        );
+        assert!(matches!(res.body, Body::Static(b"")), "a large buffer is let go");
     }
 
     #[test]

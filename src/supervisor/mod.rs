@@ -222,32 +222,34 @@ impl<F: ServiceFactory> Supervisor<F> {
         old.shared.abandoned.store(true, Relaxed);
         old.shared.set_state(LoopState::Abandoned);
         let replacement = self.next_generation(slot);
+        old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
+        let shared = old.shared.clone();
+        self.abandoned.push(old);
+        // The snapshot shows the replacement before any client sees a close.
+        self.publish_loops();
         let closed = {
-            let mut registry = old.shared.registry();
+            let mut registry = shared.registry();
             let closed = registry.shut_down_all();
             // Under the lock the loop also closes under: see `EventLoop::close`.
-            let open = old.shared.open_connections.load(Relaxed);
+            let open = shared.open_connections.load(Relaxed);
             self.server.open_connections.fetch_sub(open, Relaxed);
             closed
         };
-        let tid = old.shared.tid.load(Relaxed);
+        let tid = shared.tid.load(Relaxed);
         if tid > 0 {
             if let Err(err) = sys::set_idle_priority(tid) {
-                log::warn!("loop {} could not be moved to SCHED_IDLE: {err}", old.shared.name());
+                log::warn!("loop {} could not be moved to SCHED_IDLE: {err}", shared.name());
             }
         }
-        old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
         log::warn!(
             "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} request={:?} replaced_by={}; thread abandoned",
-            old.shared.name(),
+            shared.name(),
             stuck_for,
             closed,
-            old.shared.current_request.read().unwrap_or_default(),
+            shared.current_request.read().unwrap_or_default(),
             replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
         );
-        self.abandoned.push(old);
         self.record_restart(now);
-        self.publish_loops();
         if self.abandoned.len() > self.server.config.max_abandoned {
             log::error!(
                 "abandoned threads alive={} over max_abandoned={}: draining and exiting; only a new process can free them",
