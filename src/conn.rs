@@ -437,7 +437,11 @@ impl Conn {
         }
         let encoding = Encoding {
             head_request: head.method == "HEAD",
-            keep_alive: head.keep_alive && !d.draining,
+            // The flag, not only `d.draining`: a drain that began while the
+            // handler ran must already close this connection.
+            keep_alive: head.keep_alive
+                && !d.draining
+                && !d.shared.draining.load(std::sync::atomic::Ordering::Relaxed),
         };
         let keep_alive = match outcome {
             Ok(()) => response::encode(&d.response, encoding, &d.date, &mut d.out),

@@ -183,11 +183,12 @@ fn usage_error(message: &str) -> ExitCode {
 
 fn run(config: Config, args: &Args) -> Result<Outcome, String> {
     let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall };
+    let signals = vigil::signals::SignalWatch::register()
+        .map_err(|err| format!("cannot watch signals: {err}"))?;
     let handle = Server::new(move |slot| demo::App::new(slot, options))
         .config(config)
         .start()
         .map_err(|err| err.to_string())?;
-    vigil::signals::install(handle.control())
-        .map_err(|err| format!("cannot watch signals: {err}"))?;
+    signals.spawn(handle.control()).map_err(|err| format!("cannot watch signals: {err}"))?;
     Ok(handle.wait())
 }

@@ -6,6 +6,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod util;
 
+mod admin;
 mod cli;
 mod http;
 mod memory;

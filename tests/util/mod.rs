@@ -73,6 +73,10 @@ impl Client {
         Client { stream: connect(addr), buf: Vec::new() }
     }
 
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client { stream, buf: Vec::new() }
+    }
+
     pub fn send(&mut self, bytes: &[u8]) -> &mut Self {
         self.stream.write_all(bytes).expect("write request");
         self

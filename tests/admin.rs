@@ -1,0 +1,170 @@
+//! The admin plane and signals.
+
+use std::io::{BufRead, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use vigil::{Request, Response};
+
+use crate::util::{self, Client};
+
+/// One request to the admin plane; (status, body).
+fn admin(addr: std::net::SocketAddr, method: &str, path: &str, extra: &str) -> (u16, String) {
+    let mut stream = util::connect(addr);
+    write!(stream, "{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\n{extra}\r\n")
+        .unwrap();
+    let mut client = Client::from_stream(stream);
+    let reply = client.reply();
+    (reply.status, reply.text())
+}
+
+fn with_admin(mut config: vigil::Config) -> vigil::Config {
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    config
+}
+
+#[test]
+fn metrics_parse_and_count_requests() {
+    let server = util::start(with_admin(util::config(2)), util::hello());
+    for _ in 0..5 {
+        assert_eq!(util::get(server.local_addr(), "/").unwrap().status, 200);
+    }
+    // Loops publish their counts once per wake-up, just after answering.
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().requests == 5));
+    let admin_addr = server.admin_addr().unwrap();
+    let (status, body) = admin(admin_addr, "GET", "/metrics", "");
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition");
+    let requests: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "vigil_requests_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            ref other => panic!("counter expected, got {other:?}"),
+        })
+        .sum();
+    assert_eq!(requests, 5.0);
+    assert_eq!(
+        scrape.samples.iter().filter(|s| s.metric == "vigil_requests_total").count(),
+        2,
+        "one series per loop"
+    );
+    for family in [
+        "vigil_replacements_total",
+        "vigil_loop_state",
+        "vigil_abandoned_threads",
+        "vigil_arena_allocated_bytes",
+    ] {
+        assert!(scrape.docs.contains_key(family), "HELP for {family}");
+    }
+}
+
+#[test]
+fn loops_json_health_and_unknown_routes() {
+    let server = util::start(with_admin(util::config(2)), util::hello());
+    let addr = server.admin_addr().unwrap();
+    let (status, body) = admin(addr, "GET", "/loops", "");
+    assert_eq!(status, 200);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["loops"].as_array().unwrap().len(), 2);
+    assert_eq!(json["loops"][1]["slot"], 1);
+    assert_eq!(json["loops"][0]["state"], "serving");
+    assert_eq!(admin(addr, "GET", "/healthz", "").0, 200);
+    assert_eq!(admin(addr, "GET", "/readyz", "").0, 200);
+    assert_eq!(admin(addr, "GET", "/nope", "").0, 404);
+    assert_eq!(admin(addr, "POST", "/metrics", "").0, 405);
+    assert_eq!(admin(addr, "GET", "/loops/0/recycle", "").0, 405);
+    assert_eq!(admin(addr, "POST", "/loops/9/recycle", "").0, 404);
+    assert_eq!(admin(addr, "POST", "/loops/1/recycle", "").0, 202);
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().loops[1].generation == 1)
+    );
+}
+
+#[test]
+fn the_admin_token_is_required_when_set() {
+    let mut config = with_admin(util::config(1));
+    config.admin_token = Some("s3cret-token-0123456789".into());
+    let server = util::start(config, util::hello());
+    let addr = server.admin_addr().unwrap();
+    assert_eq!(admin(addr, "POST", "/loops/0/recycle", "").0, 403);
+    assert_eq!(
+        admin(addr, "POST", "/loops/0/recycle", "Authorization: Bearer wrong-token-0123456789\r\n")
+            .0,
+        403
+    );
+    assert_eq!(
+        admin(
+            addr,
+            "POST",
+            "/loops/0/recycle",
+            "Authorization: Bearer s3cret-token-0123456789\r\n"
+        )
+        .0,
+        202
+    );
+    assert_eq!(admin(addr, "GET", "/healthz", "").0, 200, "reads need no token");
+}
+
+#[test]
+fn the_admin_plane_answers_while_every_loop_is_stuck_and_health_flips() {
+    let release = Arc::new(AtomicBool::new(false));
+    let mut config = with_admin(util::config(1));
+    config.stall_timeout = Duration::from_millis(100);
+    config.check_interval = Some(Duration::from_millis(10));
+    config.max_abandoned = 1;
+    config.shutdown_timeout = Duration::from_secs(30);
+    let (entered_tx, entered) = crossbeam_channel::unbounded();
+    let server = util::start(config, {
+        let release = release.clone();
+        move |_| {
+            let (release, entered) = (release.clone(), entered_tx.clone());
+            move |_req: &Request<'_>, _res: &mut Response| {
+                let _ = entered.send(());
+                while !release.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    });
+    let addr = server.admin_addr().unwrap();
+    assert_eq!(admin(addr, "GET", "/healthz", "").0, 200);
+    let mut stuck = Client::new(server.local_addr());
+    stuck.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    entered.recv_timeout(util::IO_TIMEOUT).unwrap();
+    // The only loop is stuck: the admin plane still answers, and once the
+    // loop is abandoned the budget (1) is used up, so health is 503.
+    assert!(
+        util::eventually(Duration::from_secs(10), || admin(addr, "GET", "/healthz", "").0 == 503)
+    );
+    release.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_and_exits_0() {
+    let (mut child, addr, stderr) =
+        crate::cli::spawn_vigil(&["--loops", "2", "--demo", "--shutdown-timeout", "5s"]);
+    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let mut slow = Client::new(addr);
+    // Sent before the signal: whether its loop has read it yet or not, it
+    // must be answered, and with `Connection: close`.
+    slow.send(b"GET /block?ms=500 HTTP/1.1\r\nHost: x\r\n\r\n");
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let reply = slow.reply();
+    assert_eq!(reply.status, 200, "the in-flight request completes");
+    assert!(reply.closes(), "and its response closes the connection: {reply:?}");
+    let exited = util::eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    assert!(exited, "vigil exits after draining");
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let log = log.join().unwrap();
+    assert!(log.iter().any(|l| l.contains("requests=")), "a shutdown summary is logged");
+    let mut refused = std::net::TcpStream::connect(addr);
+    if let Ok(stream) = refused.as_mut() {
+        let mut byte = [0u8; 1];
+        assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "nobody serves after exit");
+    }
+}
