@@ -339,6 +339,22 @@ pub(crate) fn render_metrics(snapshot: &Snapshot) -> String {
         "Resident set size of the process.",
         &single(memory.rss as f64),
     );
+    let pool = &snapshot.offload;
+    for (name, kind, help, value) in [
+        ("offload_queued", "gauge", "Offloaded jobs waiting for a pool thread.", pool.queued),
+        ("offload_running", "gauge", "Offloaded jobs running.", pool.running),
+        ("offload_completed_total", "counter", "Offloaded jobs finished.", pool.completed),
+        ("offload_rejected_total", "counter", "Offloaded jobs refused with 503.", pool.rejected),
+        ("offload_panics_total", "counter", "Offloaded jobs that panicked.", pool.panicked),
+    ] {
+        family(name, kind, help, &single(value as f64));
+    }
+    family(
+        "offloaded_requests_total",
+        "counter",
+        "Requests handed to the offload pool, per loop slot.",
+        &per_loop(&|l| l.offloaded as f64),
+    );
     family(
         "ready",
         "gauge",

@@ -45,6 +45,10 @@ pub struct Config {
     pub mem_warn: Option<u64>,
     /// Recycle a loop gracefully when its arena holds more than this.
     pub mem_limit: Option<u64>,
+    /// Threads of the offload pool (`Response::offload`).
+    pub offload_threads: usize,
+    /// Jobs the offload pool queues before answering 503.
+    pub offload_queue: usize,
     /// Address of the admin plane (metrics, health, recycle); off when `None`.
     pub admin: Option<SocketAddr>,
     /// Bearer token for the admin plane's state-changing routes; without
@@ -74,6 +78,8 @@ impl Default for Config {
             mem_limit: None,
             admin: None,
             admin_token: None,
+            offload_threads: default_loops(),
+            offload_queue: 1024,
         }
     }
 }
@@ -122,6 +128,15 @@ impl Config {
         }
         if l.max_body_bytes > 1 << 40 {
             return fail(format!("max body bytes must be at most 1 TiB, not {}", l.max_body_bytes));
+        }
+        if self.offload_threads == 0 || self.offload_threads > 4096 {
+            return fail(format!(
+                "offload threads must be between 1 and 4096, not {}",
+                self.offload_threads
+            ));
+        }
+        if self.offload_queue == 0 {
+            return fail("offload queue must hold at least 1 job".into());
         }
         if self.max_connections == 0 {
             return fail("max connections must be at least 1".into());

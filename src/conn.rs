@@ -6,12 +6,14 @@
 //! connection only when the socket would block. So an idle keep-alive
 //! connection holds no buffer at all.
 
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::mem::MaybeUninit;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::Sender;
 use mio::net::TcpStream;
 
 use crate::http::body::ChunkedDecoder;
@@ -19,6 +21,7 @@ use crate::http::date::DateCache;
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{self, Encoding, CONTINUE};
 use crate::http::{Limits, Reject, MAX_HEADERS_CAP};
+use crate::offload::{Completion, Job, Pool};
 use crate::shared::LoopShared;
 use crate::sys::{sort_io_error, IoVerdict};
 use crate::{Request, Response, Service, ServiceFactory};
@@ -33,6 +36,10 @@ const OUTPUT_HIGH_WATER: usize = 256 * 1024;
 
 /// Growth step of a connection's own buffer while it holds a partial request.
 const SLOW_READ_CHUNK: usize = 16 * 1024;
+
+/// Responses a connection may have waiting behind an offloaded one before
+/// it stops reading more requests.
+const MAX_PENDING_RESPONSES: usize = 64;
 
 /// The raw bytes of a chunked body may exceed the decoded limit by the
 /// chunk framing; past this much overhead the client is wasting our time.
@@ -56,6 +63,8 @@ enum Timer {
     Idle,
     /// Part of a request has arrived: answer 408 and close.
     Request,
+    /// Waiting for offloaded work, which has no time limit of its own.
+    Offload,
     /// Closing gracefully, waiting for the client's FIN: close.
     Linger,
 }
@@ -91,6 +100,11 @@ pub(crate) struct Dispatch<F: ServiceFactory> {
     pub(crate) abandoned: bool,
     /// Responses encoded during the current event, written in one go.
     pub(crate) out: Vec<u8>,
+    pub(crate) offload: Arc<Pool>,
+    /// Where the pool sends this loop's completions, and how it wakes us.
+    pub(crate) completions: Sender<Completion>,
+    pub(crate) waker: Arc<mio::Waker>,
+    pub(crate) next_job_id: u64,
 }
 
 /// A request body's decoding state between reads.
@@ -117,10 +131,29 @@ pub(crate) struct Conn {
     read_paused: bool,
     pub(crate) deadline: Instant,
     timer: Timer,
+    /// This connection's slab key, which offloaded work reports back to.
+    key: usize,
+    /// Responses in request order while offloaded work is outstanding;
+    /// empty otherwise (responses then go straight to the output).
+    pending: VecDeque<Pending>,
+}
+
+#[derive(Debug)]
+enum Pending {
+    /// Offloaded job `id`, not back yet, for a HEAD request or not, and
+    /// whether the connection may stay open after it.
+    Waiting { id: u64, head_request: bool, keep_alive: bool },
+    /// An encoded response waiting for the ones before it.
+    Ready { bytes: Vec<u8>, keep_alive: bool },
 }
 
 impl Conn {
-    pub(crate) fn new(stream: TcpStream, now: Instant, header_timeout: Duration) -> Conn {
+    pub(crate) fn new(
+        stream: TcpStream,
+        key: usize,
+        now: Instant,
+        header_timeout: Duration,
+    ) -> Conn {
         Conn {
             stream,
             input: Vec::new(),
@@ -133,6 +166,8 @@ impl Conn {
             // A new connection gets the header timeout to send its request.
             deadline: now + header_timeout,
             timer: Timer::Idle,
+            key,
+            pending: VecDeque::new(),
         }
     }
 
@@ -151,7 +186,10 @@ impl Conn {
     ) -> Next {
         let mut next = Next::Wait;
         for reads in 0.. {
-            if self.closing == Closing::AfterWrite || self.output.len() > OUTPUT_HIGH_WATER {
+            if self.closing == Closing::AfterWrite
+                || self.output.len() > OUTPUT_HIGH_WATER
+                || self.pending.len() >= MAX_PENDING_RESPONSES
+            {
                 self.read_paused = true;
                 break;
             }
@@ -214,6 +252,7 @@ impl Conn {
     pub(crate) fn on_deadline<F: ServiceFactory>(&mut self, d: &mut Dispatch<F>) -> Next {
         match self.timer {
             Timer::Idle | Timer::Linger => Next::Close,
+            Timer::Offload => Next::Wait,
             Timer::Request => {
                 d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.input.clear();
@@ -334,14 +373,22 @@ impl Conn {
             };
             pos = body_start + consumed;
             self.sent_continue = false;
-            self.timer = Timer::Idle;
-            self.deadline = d.now + d.keep_alive_timeout;
+            self.after_request(d);
         }
         if self.closing != Closing::Open {
             // Nothing after a closing response is processed (RFC 9112 9.6).
             return buf.len();
         }
         pos
+    }
+
+    fn after_request<F: ServiceFactory>(&mut self, d: &Dispatch<F>) {
+        if self.pending.is_empty() {
+            self.timer = Timer::Idle;
+            self.deadline = d.now + d.keep_alive_timeout;
+        } else {
+            self.timer = Timer::Offload;
+        }
     }
 
     fn wait_for_rest_of_request<F: ServiceFactory>(&mut self, d: &Dispatch<F>) {
@@ -353,7 +400,9 @@ impl Conn {
 
     fn wait_for_body<F: ServiceFactory>(&mut self, head: &Head<'_, '_>, d: &mut Dispatch<F>) {
         if head.expect_continue && !self.sent_continue {
+            let start = d.out.len();
             d.out.extend_from_slice(CONTINUE);
+            self.queue_if_behind_offload(start, true, d);
             self.sent_continue = true;
         }
         // A body may take longer than a head; the timeout is between reads.
@@ -397,7 +446,9 @@ impl Conn {
             reject.why
         );
         d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let start = d.out.len();
         response::encode_reject(reject.status, reject.why, &d.date, &mut d.out);
+        self.queue_if_behind_offload(start, false, d);
         self.chunked = None;
         self.closing = Closing::AfterWrite;
         // The client may still be sending (a refused body, say): closing
@@ -435,14 +486,22 @@ impl Conn {
             d.abandoned = true;
             return;
         }
+        let head_request = head.method == "HEAD";
         let encoding = Encoding {
-            head_request: head.method == "HEAD",
+            head_request,
             // The flag, not only `d.draining`: a drain that began while the
             // handler ran must already close this connection.
             keep_alive: head.keep_alive
                 && !d.draining
                 && !d.shared.draining.load(std::sync::atomic::Ordering::Relaxed),
         };
+        if outcome.is_ok() {
+            if let Some(work) = d.response.offload.take() {
+                self.offload(work, head_request, encoding.keep_alive, d);
+                return;
+            }
+        }
+        let start = d.out.len();
         let keep_alive = match outcome {
             Ok(()) => response::encode(&d.response, encoding, &d.date, &mut d.out),
             Err(payload) => {
@@ -453,8 +512,114 @@ impl Conn {
                 response::encode(&failure, encoding, &d.date, &mut d.out)
             }
         };
+        self.queue_if_behind_offload(start, keep_alive, d);
         if !keep_alive {
             self.closing = Closing::AfterWrite;
+        }
+    }
+
+    /// Responses encoded into `d.out` from `start` on wait behind any
+    /// offloaded work still outstanding, so that they go out in order.
+    fn queue_if_behind_offload<F: ServiceFactory>(
+        &mut self,
+        start: usize,
+        keep_alive: bool,
+        d: &mut Dispatch<F>,
+    ) {
+        if !self.pending.is_empty() {
+            let bytes = d.out.split_off(start);
+            self.pending.push_back(Pending::Ready { bytes, keep_alive });
+        }
+    }
+
+    /// Hands `work` to the pool; a full queue is answered 503 at once.
+    fn offload<F: ServiceFactory>(
+        &mut self,
+        work: crate::offload::Work,
+        head_request: bool,
+        keep_alive: bool,
+        d: &mut Dispatch<F>,
+    ) {
+        let id = d.next_job_id;
+        d.next_job_id += 1;
+        d.shared.counters.offloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let job = Job {
+            work,
+            reply_to: d.completions.clone(),
+            waker: d.waker.clone(),
+            conn: self.key,
+            id,
+        };
+        match d.offload.submit(job) {
+            Ok(()) => self.pending.push_back(Pending::Waiting { id, head_request, keep_alive }),
+            Err(_job) => {
+                let mut busy = Response::new();
+                busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
+                busy.body_static(b"503 Service Unavailable: offload queue full\n");
+                let start = d.out.len();
+                let encoding = Encoding { head_request, keep_alive };
+                let keep_alive = response::encode(&busy, encoding, &d.date, &mut d.out);
+                self.queue_if_behind_offload(start, keep_alive, d);
+                if !keep_alive {
+                    self.closing = Closing::AfterWrite;
+                }
+            }
+        }
+    }
+
+    /// Offloaded work came back: fill in its place and send every
+    /// response that is no longer waiting for an earlier one.
+    pub(crate) fn complete<F: ServiceFactory>(
+        &mut self,
+        completion: Completion,
+        scratch: &mut [u8],
+        d: &mut Dispatch<F>,
+    ) -> Next {
+        let Some(slot) = self
+            .pending
+            .iter_mut()
+            .find(|p| matches!(p, Pending::Waiting { id, .. } if *id == completion.id))
+        else {
+            return Next::Wait; // not ours: an older connection with this key
+        };
+        let Pending::Waiting { head_request, keep_alive, .. } = *slot else { unreachable!() };
+        let keep_alive = keep_alive && !d.draining;
+        let mut bytes = Vec::new();
+        let response = completion.result.unwrap_or_else(|panic| {
+            log::error!(
+                "loop {} offloaded work panicked panic={panic:?}; answered 500",
+                d.shared.name()
+            );
+            let mut failure = Response::new();
+            failure.status(500).header("Content-Type", "text/plain");
+            failure.body_static(b"500 Internal Server Error\n");
+            failure
+        });
+        let keep_alive =
+            response::encode(&response, Encoding { head_request, keep_alive }, &d.date, &mut bytes);
+        *slot = Pending::Ready { bytes, keep_alive };
+        while let Some(Pending::Ready { .. }) = self.pending.front() {
+            let Some(Pending::Ready { bytes, keep_alive }) = self.pending.pop_front() else {
+                unreachable!()
+            };
+            d.out.extend_from_slice(&bytes);
+            if !keep_alive {
+                self.closing = Closing::AfterWrite;
+                self.pending.clear();
+            }
+        }
+        if self.pending.is_empty() && self.timer == Timer::Offload {
+            self.timer = Timer::Idle;
+            self.deadline = d.now + d.keep_alive_timeout;
+        }
+        match self.flush(d) {
+            Next::Wait
+                if self.read_paused && self.output.is_empty() && self.closing == Closing::Open =>
+            {
+                self.read_paused = false;
+                self.on_readable(scratch, d)
+            }
+            other => other,
         }
     }
 
@@ -494,7 +659,7 @@ impl Conn {
     }
 
     fn after_flush<F: ServiceFactory>(&mut self, d: &Dispatch<F>) -> Next {
-        if self.closing != Closing::AfterWrite {
+        if self.closing != Closing::AfterWrite || !self.pending.is_empty() {
             return Next::Wait;
         }
         if self.timer != Timer::Linger && self.input.is_empty() {

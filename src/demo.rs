@@ -52,6 +52,19 @@ impl App {
                 let held: usize = self.hoard.iter().map(Vec::len).sum();
                 res.body(format!("holding {} MiB\n", held >> 20));
             }
+            "/work" => {
+                let ms = number("ms").unwrap_or(100);
+                res.offload(move |res| {
+                    burn_cpu(Duration::from_millis(ms));
+                    res.header("Content-Type", "text/plain").body(format!("worked {ms} ms\n"));
+                });
+                return true;
+            }
+            "/work-inline" => {
+                let ms = number("ms").unwrap_or(100);
+                burn_cpu(Duration::from_millis(ms));
+                res.body(format!("worked {ms} ms inline\n"));
+            }
             "/free" => {
                 self.hoard = Vec::new();
                 res.body_static(b"freed\n");
@@ -60,6 +73,17 @@ impl App {
         }
         res.header("Content-Type", "text/plain");
         true
+    }
+}
+
+/// Keeps a CPU busy for `duration`, as a real computation would.
+fn burn_cpu(duration: Duration) {
+    let start = Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < duration {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
     }
 }
 

@@ -14,6 +14,7 @@ use slab::Slab;
 
 use crate::conn::{self, Conn, Dispatch, Next};
 use crate::http::date::DateCache;
+use crate::offload::Completion;
 use crate::server::ServerShared;
 use crate::shared::{LoopShared, LoopState};
 use crate::sys::{self, sort_io_error, IoVerdict};
@@ -83,6 +84,8 @@ struct EventLoop<F: ServiceFactory> {
     conns: Slab<Conn>,
     d: Dispatch<F>,
     scratch: Vec<u8>,
+    /// Results of offloaded work, announced by the waker.
+    completions: crossbeam_channel::Receiver<Completion>,
     server: Arc<ServerShared>,
     /// The listener is in this loop's epoll set.
     listening: bool,
@@ -103,7 +106,8 @@ impl<F: ServiceFactory> EventLoop<F> {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        *shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
+        *shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+        let (completions_tx, completions) = crossbeam_channel::unbounded();
         let config = &server.config;
         // Timers are checked by a sweep over the connections; a quarter of
         // the shortest timeout keeps them within 25% of their value.
@@ -128,7 +132,12 @@ impl<F: ServiceFactory> EventLoop<F> {
                 draining: false,
                 abandoned: false,
                 out: Vec::with_capacity(SCRATCH_BYTES),
+                offload: server.offload.clone(),
+                completions: completions_tx,
+                waker,
+                next_job_id: 0,
             },
+            completions,
             scratch: vec![0; SCRATCH_BYTES],
             server,
             listening: false,
@@ -162,7 +171,8 @@ impl<F: ServiceFactory> EventLoop<F> {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept_batch(),
-                    WAKER => {} // flags are read below
+                    // Offloaded work came back, or a flag below was set.
+                    WAKER => self.take_completions(),
                     Token(key) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -337,9 +347,22 @@ impl<F: ServiceFactory> EventLoop<F> {
             server.open_connections.fetch_sub(1, Relaxed);
             return;
         }
-        entry.insert(Conn::new(stream, self.d.now, self.d.header_timeout));
+        entry.insert(Conn::new(stream, key, self.d.now, self.d.header_timeout));
         self.d.shared.open_connections.fetch_add(1, Relaxed);
         self.d.shared.counters.accepted.fetch_add(1, Relaxed);
+    }
+
+    fn take_completions(&mut self) {
+        while let Ok(completion) = self.completions.try_recv() {
+            let key = completion.conn;
+            // A connection closed meanwhile: its result is dropped quietly.
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            match conn.complete(completion, &mut self.scratch, &mut self.d) {
+                Next::Wait => {}
+                Next::Deferred => self.deferred.push(key),
+                Next::Close => self.close(key),
+            }
+        }
     }
 
     fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {

@@ -29,6 +29,7 @@ mod conn;
 mod event_loop;
 mod http;
 mod memory;
+mod offload;
 mod server;
 mod service;
 mod shared;
@@ -40,7 +41,8 @@ pub use config::{default_loops, parse_duration, parse_size, Config, ConfigError}
 pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use server::{
-    Control, LoopSnapshot, Outcome, Server, ServerHandle, Snapshot, StartError, UnknownSlot,
+    Control, LoopSnapshot, OffloadSnapshot, Outcome, Server, ServerHandle, Snapshot, StartError,
+    UnknownSlot,
 };
 pub use service::{Service, ServiceFactory};
 pub use shared::LoopState;

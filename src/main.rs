@@ -80,13 +80,19 @@ struct Args {
     /// Recycle a loop gracefully when its arena holds more than this.
     #[arg(long, env = "VIGIL_MEM_LIMIT", value_parser = size)]
     mem_limit: Option<u64>,
+    /// Threads of the offload pool [default: the cores this process may use].
+    #[arg(long, env = "VIGIL_OFFLOAD_THREADS")]
+    offload_threads: Option<usize>,
+    /// Offloaded jobs queued before new ones are answered 503.
+    #[arg(long, env = "VIGIL_OFFLOAD_QUEUE", default_value_t = 1024)]
+    offload_queue: usize,
     /// Serve the admin plane (/metrics, /loops, /healthz, /readyz, recycle) here.
     #[arg(long, env = "VIGIL_ADMIN")]
     admin: Option<SocketAddr>,
     /// Bearer token required for the admin plane's POST routes (otherwise: loopback only).
     #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// Add routes that misbehave on purpose: /spin, /block?ms=N, /panic, /alloc?mb=N, /free.
+    /// Add demo routes: /spin, /block?ms=N, /panic, /alloc?mb=N, /free, /work?ms=N, /work-inline?ms=N.
     #[arg(long, env = "VIGIL_DEMO")]
     demo: bool,
     /// Each request spins forever with probability 1/N (e.g. 1/200).
@@ -142,6 +148,8 @@ impl Args {
             mem_limit: self.mem_limit,
             admin: self.admin,
             admin_token: self.admin_token.clone(),
+            offload_threads: self.offload_threads.unwrap_or_else(vigil::default_loops),
+            offload_queue: self.offload_queue,
         };
         config.validate().map_err(|err| err.to_string())?;
         Ok(config)

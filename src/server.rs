@@ -43,6 +43,7 @@ pub(crate) struct ServerShared {
     pub(crate) intensity_exceeded: AtomicU64,
     pub(crate) memory: Mutex<MemoryReport>,
     pub(crate) admin_addr: std::sync::OnceLock<SocketAddr>,
+    pub(crate) offload: Arc<crate::offload::Pool>,
 }
 
 /// The supervisor's last memory reading.
@@ -123,6 +124,9 @@ impl<F: ServiceFactory> Server<F> {
         sys::set_backlog(&listener, BACKLOG).map_err(StartError::Bind)?;
         listener.set_nonblocking(true).map_err(StartError::Bind)?;
         let local_addr = listener.local_addr().map_err(StartError::Bind)?;
+        let offload =
+            crate::offload::Pool::start(self.config.offload_threads, self.config.offload_queue)
+                .map_err(StartError::Spawn)?;
         let slots = (0..self.config.loops).map(|_| Arc::new(SlotCounters::default())).collect();
         let shared = Arc::new(ServerShared {
             config: self.config,
@@ -139,6 +143,7 @@ impl<F: ServiceFactory> Server<F> {
             intensity_exceeded: AtomicU64::new(0),
             memory: Mutex::new(MemoryReport::default()),
             admin_addr: std::sync::OnceLock::new(),
+            offload: Arc::new(offload),
         });
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
@@ -273,6 +278,7 @@ impl Control {
                 replaced_stalled: counters.replaced_stalled.load(Relaxed),
                 replaced_died: counters.replaced_died.load(Relaxed),
                 recycled: counters.recycled.load(Relaxed),
+                offloaded: counters.offloaded.load(Relaxed),
                 memory: memory
                     .arenas
                     .iter()
@@ -301,6 +307,13 @@ impl Control {
             reclaimed: shared.reclaimed.load(Relaxed),
             restart_intensity_exceeded: shared.intensity_exceeded.load(Relaxed),
             open_connections: shared.open_connections.load(Relaxed),
+            offload: OffloadSnapshot {
+                queued: shared.offload.counters.queued.load(Relaxed),
+                running: shared.offload.counters.running.load(Relaxed),
+                completed: shared.offload.counters.completed.load(Relaxed),
+                rejected: shared.offload.counters.rejected.load(Relaxed),
+                panicked: shared.offload.counters.panicked.load(Relaxed),
+            },
             memory: memory.process,
             loops,
             abandoned,
@@ -386,12 +399,27 @@ pub struct Snapshot {
     /// Times the restart intensity limit was exceeded.
     pub restart_intensity_exceeded: u64,
     pub open_connections: usize,
+    pub offload: OffloadSnapshot,
     /// Process memory; `allocated`/`active`/`resident` are zero without jemalloc.
     pub memory: Option<ProcessMemory>,
     /// The current loop of each slot.
     pub loops: Vec<LoopSnapshot>,
     /// Abandoned loops whose threads are still alive.
     pub abandoned: Vec<LoopSnapshot>,
+}
+
+/// The offload pool in a [`Snapshot`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OffloadSnapshot {
+    /// Jobs waiting for a pool thread now.
+    pub queued: u64,
+    /// Jobs running now.
+    pub running: u64,
+    pub completed: u64,
+    /// Jobs refused (answered 503) because the queue was full.
+    pub rejected: u64,
+    /// Jobs that panicked (answered 500).
+    pub panicked: u64,
 }
 
 /// One loop in a [`Snapshot`]. Counters are per slot: they keep counting
@@ -411,6 +439,8 @@ pub struct LoopSnapshot {
     pub replaced_stalled: u64,
     pub replaced_died: u64,
     pub recycled: u64,
+    /// Requests handed to the offload pool (including refused ones).
+    pub offloaded: u64,
     /// The loop's jemalloc arena, when jemalloc is the allocator.
     pub memory: Option<ArenaStats>,
     pub uptime_seconds: f64,

@@ -52,6 +52,7 @@ pub(crate) struct SlotCounters {
     pub(crate) replaced_stalled: AtomicU64,
     pub(crate) replaced_died: AtomicU64,
     pub(crate) recycled: AtomicU64,
+    pub(crate) offloaded: AtomicU64,
 }
 
 /// The fds of a loop's connections, so that the supervisor can shut them

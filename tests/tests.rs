@@ -10,4 +10,5 @@ mod admin;
 mod cli;
 mod http;
 mod memory;
+mod offload;
 mod supervisor;

@@ -7,13 +7,26 @@ use super::is_tchar;
 
 /// The response a service fills in. One is reused per loop, reset between
 /// requests, so a hello world allocates nothing.
-#[derive(Debug)]
 pub struct Response {
     pub(crate) status: u16,
     pub(crate) headers: Vec<(Cow<'static, str>, Cow<'static, str>)>,
     pub(crate) body: Body,
     /// The service asked for the connection to close after this response.
     pub(crate) close: bool,
+    /// Work to finish this response on the offload pool.
+    pub(crate) offload: Option<crate::offload::Work>,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &self.body)
+            .field("close", &self.close)
+            .field("offload", &self.offload.is_some())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -31,7 +44,13 @@ impl Default for Response {
 impl Response {
     /// `200`, no headers, empty body.
     pub fn new() -> Response {
-        Response { status: 200, headers: Vec::new(), body: Body::Static(b""), close: false }
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: Body::Static(b""),
+            close: false,
+            offload: None,
+        }
     }
 
     /// Sets the status code (100-999 are accepted; 1xx other than 101 and
@@ -77,6 +96,35 @@ impl Response {
         }
     }
 
+    /// Finishes this response on the offload pool instead of the loop:
+    /// `work` gets a fresh response to fill in, on a pool thread, and what
+    /// it fills in is sent (in request order on its connection). Whatever
+    /// was set on `self` is discarded. When the pool's queue is full the
+    /// request is answered `503` with `Retry-After` at once; a panic in
+    /// `work` gives a `500`.
+    ///
+    /// Use it for blocking calls and long computations, which would
+    /// otherwise hold up every connection of the loop (and, past the stall
+    /// timeout, get the loop replaced).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use vigil::{Request, Response};
+    ///
+    /// fn handler(req: &Request<'_>, res: &mut Response) {
+    ///     let n: u64 = req.query_param("n").and_then(|v| v.parse().ok()).unwrap_or(30);
+    ///     res.offload(move |res| {
+    ///         let fib = (0..n).fold((0u64, 1u64), |(a, b), _| (b, a.wrapping_add(b))).0;
+    ///         res.body(format!("{fib}\n"));
+    ///     });
+    /// }
+    /// ```
+    pub fn offload(&mut self, work: impl FnOnce(&mut Response) + Send + 'static) -> &mut Self {
+        self.offload = Some(Box::new(work));
+        self
+    }
+
     /// Asks for the connection to be closed after this response.
     pub fn close(&mut self) -> &mut Self {
         self.close = true;
@@ -97,6 +145,7 @@ impl Response {
     /// Back to `Response::new()`, keeping allocated capacity.
     pub(crate) fn reset(&mut self) {
         self.status = 200;
+        self.offload = None;
         self.headers.clear();
         self.close = false;
         match &mut self.body {

@@ -1,0 +1,115 @@
+//! The offload pool: blocking or CPU-heavy work handed off by a handler
+//! runs on a bounded pool of threads, so it neither stalls its loop nor
+//! counts as a stall; the response is finished when the work returns.
+//!
+//! A job goes out through a bounded crossbeam channel (full: the request is
+//! answered 503 at once) and its result comes back through the owning
+//! loop's completion channel, with the loop woken by its `mio::Waker`.
+
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_utils::CachePadded;
+
+use crate::Response;
+
+/// Work that fills in a response on a pool thread.
+pub(crate) type Work = Box<dyn FnOnce(&mut Response) + Send + 'static>;
+
+/// One offloaded request, on its way to the pool.
+pub(crate) struct Job {
+    pub(crate) work: Work,
+    /// Where the result goes: the owning loop's channel and waker.
+    pub(crate) reply_to: Sender<Completion>,
+    pub(crate) waker: Arc<mio::Waker>,
+    /// The connection (slab key) and the job's id, unique within its loop.
+    pub(crate) conn: usize,
+    pub(crate) id: u64,
+}
+
+/// A finished job, back at its loop.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) conn: usize,
+    pub(crate) id: u64,
+    /// The response, or the panic message of the work.
+    pub(crate) result: Result<Response, String>,
+}
+
+/// Pool-wide counters.
+#[derive(Debug, Default)]
+pub(crate) struct PoolCounters {
+    pub(crate) queued: CachePadded<AtomicU64>,
+    pub(crate) running: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) rejected: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+}
+
+#[derive(Debug)]
+pub(crate) struct Pool {
+    jobs: Sender<Job>,
+    pub(crate) counters: Arc<PoolCounters>,
+}
+
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("conn", &self.conn).field("id", &self.id).finish()
+    }
+}
+
+impl Pool {
+    /// Starts `threads` workers behind a queue of `capacity` jobs. The
+    /// workers end when the pool is dropped and the queue is empty.
+    pub(crate) fn start(threads: usize, capacity: usize) -> io::Result<Pool> {
+        let (jobs, queue) = crossbeam_channel::bounded(capacity);
+        let counters = Arc::new(PoolCounters::default());
+        for index in 0..threads {
+            let (queue, counters) = (queue.clone(), counters.clone());
+            thread::Builder::new()
+                .name(format!("vigil-offload-{index}"))
+                .spawn(move || work(queue, counters))?;
+        }
+        Ok(Pool { jobs, counters })
+    }
+
+    /// Queues a job; gives it back when the queue is full.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        // Counted before it is sent, so a worker never decrements first.
+        self.counters.queued.fetch_add(1, Relaxed);
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                self.counters.queued.fetch_sub(1, Relaxed);
+                self.counters.rejected.fetch_add(1, Relaxed);
+                Err(job)
+            }
+        }
+    }
+}
+
+fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
+    for job in queue {
+        counters.queued.fetch_sub(1, Relaxed);
+        counters.running.fetch_add(1, Relaxed);
+        let mut response = Response::new();
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| (job.work)(&mut response)));
+        let result = match outcome {
+            Ok(()) => Ok(response),
+            Err(payload) => {
+                counters.panicked.fetch_add(1, Relaxed);
+                Err(crate::shared::panic_message(payload.as_ref()).to_string())
+            }
+        };
+        counters.running.fetch_sub(1, Relaxed);
+        counters.completed.fetch_add(1, Relaxed);
+        // The loop may be gone (abandoned, stopped): then nobody waits.
+        if job.reply_to.send(Completion { conn: job.conn, id: job.id, result }).is_ok() {
+            let _ = job.waker.wake();
+        }
+    }
+}
