@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 ADMIN ?= 127.0.0.1:9090
 
-.PHONY: all build run test lint fmt unit
+.PHONY: all build run test lint fmt haproxy-test
 
 all: build
 
@@ -22,6 +22,10 @@ lint:
 test: lint
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
+
+# Two instances behind HAProxy, one stopped under load: no failed request.
+haproxy-test:
+	scripts/haproxy-test.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -157,7 +157,13 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // may logs its configuration at info, and may_minihttp logs every admin
+    // client that disconnects as an error; RUST_LOG may still turn them on.
+    env_logger::Builder::new()
+        .filter_module("may", log::LevelFilter::Warn)
+        .filter_module("may_minihttp", log::LevelFilter::Off)
+        .parse_env(env_logger::Env::default().default_filter_or("info"))
+        .init();
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(err) if !err.use_stderr() => {

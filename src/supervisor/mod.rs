@@ -441,6 +441,9 @@ impl<F: ServiceFactory> Supervisor<F> {
         log::info!("shutdown: draining loops timeout={timeout:?}");
         self.server.draining.store(true, Relaxed);
         self.shutdown_deadline = Some(Instant::now() + timeout);
+        // New clients are refused at once (a load balancer retries them
+        // elsewhere) instead of waiting in a backlog nobody accepts from.
+        self.refuse_new_connections();
         for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
             running.shared.start_draining();
         }
@@ -483,12 +486,15 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.finish("stopped");
     }
 
-    fn finish(&self, how: &str) {
-        // Refuse new clients at once rather than leave them in the backlog.
-        if let Err(err) = sys::shutdown_read(std::os::fd::AsRawFd::as_raw_fd(&self.server.listener))
-        {
+    fn refuse_new_connections(&self) {
+        let listener = std::os::fd::AsRawFd::as_raw_fd(&self.server.listener);
+        if let Err(err) = sys::shutdown_read(listener) {
             log::debug!("listener shutdown: {err}");
         }
+    }
+
+    fn finish(&self, how: &str) {
+        self.refuse_new_connections();
         let requests: u64 = self.server.slots.iter().map(|s| s.requests.load(Relaxed)).sum();
         let replaced: u64 = self
             .server
