@@ -151,6 +151,7 @@ fn client(
     let mut out = ThreadOut::default();
     let mut buf = vec![0u8; 4096];
     let mut conn: Option<TcpStream> = None;
+    let mut backoff = Duration::ZERO;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -161,15 +162,20 @@ fn client(
             None => match TcpStream::connect_timeout(&addr, timeout) {
                 Ok(s) => {
                     let _ = s.set_nodelay(true);
+                    backoff = Duration::ZERO;
                     conn.insert(s)
                 }
                 Err(_) => {
                     out.err_connect += 1;
                     on(false, Instant::now());
-                    // A refused connect returns at once: back off a little so
-                    // a server that is down does not turn this into a spin
-                    // that steals the CPU it needs to come back.
-                    thread::sleep(Duration::from_millis(1));
+                    // A refused connect returns at once: back off (1 ms
+                    // doubling to 64 ms, as a real client would) so a server
+                    // with no listener does not turn this into a spin that
+                    // steals the CPU it needs to come back, nor into
+                    // thousands of "errors" per second.
+                    backoff =
+                        (backoff * 2).clamp(Duration::from_millis(1), Duration::from_millis(64));
+                    thread::sleep(backoff);
                     continue;
                 }
             },

@@ -284,12 +284,13 @@ pub fn chaos_table(runs: &[ChaosRun]) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "\n{:<19} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>9} {:>6} {:>7} {:>7} {:>6}",
+        "\n{:<19} {:<7} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>6} {:>7} {:>7} {:>6}",
         "server",
         "tool",
         "req/s",
         "retained",
         "errors",
+        "refused",
         "timeouts",
         "replaced",
         "cores",
@@ -302,12 +303,13 @@ pub fn chaos_table(runs: &[ChaosRun]) -> String {
     for r in runs {
         let _ = writeln!(
             t,
-            "{:<19} {:<7} {:>9.0} {:>9} {:>8} {:>8} {:>8} {:>8.2} {:>9.2} {:>6.0} {:>7} {:>7} {:>6}",
+            "{:<19} {:<7} {:>9.0} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8.2} {:>10.2} {:>6.0} {:>7} {:>7} {:>6}",
             r.label,
             r.tool,
             r.sample.rps,
             retained(runs, r).map_or("-".into(), |v| format!("{:.1}%", v * 100.0)),
             r.sample.errors(),
+            r.sample.err_connect,
             r.sample.err_timeout,
             r.marks.len(),
             r.cores,
