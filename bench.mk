@@ -2,6 +2,7 @@
 # Included by the main Makefile; every path is relative to the repo root.
 # See BENCHMARKS.md for what each figure means.
 
+CARGO          ?= cargo
 BENCH_DIR      := benches
 BENCH_OUT      := target/bench
 # Both standalone crates build into one target dir under target/, so nothing
@@ -37,11 +38,13 @@ bench-tools:
 	  echo "node not installable: the node peers will be skipped"; }
 
 bench-vigil:
-	cargo build --release --bin vigil
+	$(CARGO) build --release --locked --bin vigil
 
+# Both crates keep their lock files in the repo: --locked builds the peer and
+# the driver exactly as they were measured.
 bench-build:
-	cargo build --release --manifest-path $(BENCH_DIR)/peers/may-hello/Cargo.toml --target-dir $(BENCH_TARGET)
-	cargo build --release --manifest-path $(BENCH_DIR)/compare/Cargo.toml --target-dir $(BENCH_TARGET)
+	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/peers/may-hello/Cargo.toml --target-dir $(BENCH_TARGET)
+	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/compare/Cargo.toml --target-dir $(BENCH_TARGET)
 
 # The default VIGIL_BIN is built here; a VIGIL_BIN pointing elsewhere is used as is.
 BENCH_DEPS := bench-tools bench-build $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
