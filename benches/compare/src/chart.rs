@@ -159,6 +159,7 @@ pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
         .build_cartesian_2d(0.0..secs, 0.0..ymax.max(1.0))?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("seconds")
         .y_desc("responses/s")
         .y_label_formatter(&|y| format!("{y:.0}"))
