@@ -1,0 +1,59 @@
+# Load benchmarks: `make bench`, `make bench-quick`, `make chaos`.
+# Included by the main Makefile; every path is relative to the repo root.
+# See BENCHMARKS.md for what each figure means.
+
+CARGO          ?= cargo
+BENCH_DIR      := benches
+BENCH_OUT      := target/bench
+# Both standalone crates build into one target dir under target/, so nothing
+# lands in the source tree and the two share their common dependencies.
+BENCH_TARGET   := target/bench-build
+MAY_HELLO      := $(BENCH_TARGET)/release/may-hello
+COMPARE        := $(BENCH_TARGET)/release/compare
+# Override to measure another build: `make bench VIGIL_BIN=/path/to/vigil`.
+VIGIL_BIN      ?= target/release/vigil
+BENCH_ARGS     ?=
+
+export VIGIL_BIN
+
+.PHONY: bench bench-quick chaos bench-tools bench-build bench-vigil
+
+# wrk is the load generator; nginx is an optional peer (the driver skips it
+# when absent). Installed only when missing, so a warm machine runs offline.
+bench-tools:
+	@command -v wrk >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
+	@command -v nginx >/dev/null 2>&1 || { \
+	  [ -n "$$(ls /var/lib/apt/lists/*Packages 2>/dev/null)" ] || apt-get update -qq; \
+	  if apt-cache policy nginx-light 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light; \
+	  else \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-core || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx || \
+	    echo "nginx not installable: the nginx peer will be skipped"; \
+	  fi; }
+	@command -v node >/dev/null 2>&1 || { \
+	  [ -n "$$(ls /var/lib/apt/lists/*Packages 2>/dev/null)" ] || apt-get update -qq; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs || \
+	  echo "node not installable: the node peers will be skipped"; }
+
+bench-vigil:
+	$(CARGO) build --release --locked --bin vigil
+
+# Both crates keep their lock files in the repo: --locked builds the peer and
+# the driver exactly as they were measured.
+bench-build:
+	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/peers/may-hello/Cargo.toml --target-dir $(BENCH_TARGET)
+	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/compare/Cargo.toml --target-dir $(BENCH_TARGET)
+
+# The default VIGIL_BIN is built here; a VIGIL_BIN pointing elsewhere is used as is.
+BENCH_DEPS := bench-tools bench-build $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
+
+bench: $(BENCH_DEPS)
+	$(COMPARE) bench --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+
+bench-quick: $(BENCH_DEPS)
+	$(COMPARE) bench --quick --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+
+chaos: $(BENCH_DEPS)
+	$(COMPARE) chaos --out $(BENCH_OUT) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
