@@ -891,4 +891,42 @@ mod tests {
             431
         );
     }
+
+    /// Mutated valid heads: never a panic, and an accepted head lies within
+    /// the input and ends with CRLF CRLF. A cheap stand-in for a fuzzer.
+    #[test]
+    fn mutations_never_panic() {
+        let seeds: &[&[u8]] = &[
+            b"GET /a?b HTTP/1.1\r\nHost: a:1\r\nConnection: close\r\n\r\n",
+            b"POST http://a/ HTTP/1.0\r\nContent-Length: 3, 3\r\nExpect: 100-continue\r\n\r\nabc",
+            b"PUT / HTTP/1.1\r\nHost: [::1]\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        ];
+        let alphabet = b"\r\n :,;/?#@[]*0129aAzZ\t\0\x7f\xff-.HTTP/";
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let limits = small_limits();
+        for _ in 0..20_000 {
+            let mut input = seeds[next() as usize % seeds.len()].to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = next() as usize % (input.len() + 1);
+                let byte = alphabet[next() as usize % alphabet.len()];
+                match next() % 3 {
+                    0 if at < input.len() => input[at] = byte,
+                    1 if at < input.len() => drop(input.remove(at)),
+                    _ => input.insert(at, byte),
+                }
+            }
+            for limits in [&limits, &Limits::default()] {
+                if let Ok(Some(head)) = parse_with(&input, limits) {
+                    assert!(head.len <= input.len().min(limits.max_head_bytes));
+                    assert!(input[..head.len].ends_with(b"\r\n\r\n"), "{input:?}");
+                }
+            }
+        }
+    }
 }
