@@ -486,15 +486,12 @@ impl Conn {
             d.abandoned = true;
             return;
         }
+        if head.version == crate::Version::Http10 && encoding_keeps_alive(head, d) {
+            // An HTTP/1.0 client keeps the connection only when told to.
+            d.response.header("Connection", "keep-alive");
+        }
         let head_request = head.method == "HEAD";
-        let encoding = Encoding {
-            head_request,
-            // The flag, not only `d.draining`: a drain that began while the
-            // handler ran must already close this connection.
-            keep_alive: head.keep_alive
-                && !d.draining
-                && !d.shared.draining.load(std::sync::atomic::Ordering::Relaxed),
-        };
+        let encoding = Encoding { head_request, keep_alive: encoding_keeps_alive(head, d) };
         if outcome.is_ok() {
             if let Some(work) = d.response.offload.take() {
                 self.offload(work, head_request, encoding.keep_alive, d);
@@ -673,6 +670,14 @@ impl Conn {
         self.deadline = self.deadline.min(d.now + LINGER_TIMEOUT);
         Next::Wait
     }
+}
+
+/// Whether the response to `head` may leave the connection open, as far
+/// as the request and the loop's state go (the service may still close it).
+fn encoding_keeps_alive<F: ServiceFactory>(head: &Head<'_, '_>, d: &Dispatch<F>) -> bool {
+    // The flag, not only `d.draining`: a drain that began while the handler
+    // ran must already close this connection.
+    head.keep_alive && !d.draining && !d.shared.draining.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// How long a closing connection may keep sending before it is cut.

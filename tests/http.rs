@@ -111,7 +111,9 @@ fn http_1_0_closes_unless_keep_alive_is_asked_for() {
 
     let mut client = Client::new(server.local_addr());
     client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
-    assert_eq!(client.reply().status, 200);
+    let reply = client.reply();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("connection"), Some("keep-alive"), "an HTTP/1.0 client is told");
     client.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
     assert_eq!(client.reply().status, 200);
 }

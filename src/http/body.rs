@@ -66,6 +66,27 @@ enum State {
     Done,
 }
 
+impl State {
+    /// Before the CR of a chunk-size line.
+    fn in_size_line(self) -> bool {
+        use State::*;
+        matches!(
+            self,
+            SizeStart
+                | Size
+                | ExtBws
+                | ExtNameStart
+                | ExtName
+                | ExtNameBws
+                | ExtValueStart
+                | ExtToken
+                | ExtQuoted
+                | ExtQuotedEscape
+                | ExtValueEnd
+        )
+    }
+}
+
 /// Progress of [`ChunkedDecoder::decode`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Progress {
@@ -128,12 +149,7 @@ impl ChunkedDecoder {
     fn step(&mut self, b: u8, max_body: usize, max_trailer_bytes: usize) -> Result<(), Reject> {
         use State::*;
 
-        if matches!(self.state, SizeStart | Size | ExtBws | ExtNameStart | ExtName | ExtNameBws)
-            || matches!(
-                self.state,
-                ExtValueStart | ExtToken | ExtQuoted | ExtQuotedEscape | ExtValueEnd
-            )
-        {
+        if self.state.in_size_line() {
             self.line_len += 1;
             if self.line_len > MAX_SIZE_LINE {
                 return Err(Reject::new(400, "chunk-size line too long"));
@@ -401,5 +417,30 @@ mod tests {
         over.resize(over.len() + 60, b'y');
         over.extend_from_slice(b"\r\n\r\n");
         assert_eq!(decode_every_split(&over).unwrap_err().status, 431);
+    }
+
+    /// Random framing bytes: never a panic, never more consumed than given,
+    /// never more body than allowed. A cheap stand-in for a fuzzer.
+    #[test]
+    fn random_input_never_panics() {
+        let alphabet = b"0123456789abcdefABCDEFxX\r\n;= \t\"\\:";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let len = next() as usize % 40;
+            let input: Vec<u8> =
+                (0..len).map(|_| alphabet[next() as usize % alphabet.len()]).collect();
+            let mut decoder = ChunkedDecoder::new();
+            let mut body = Vec::new();
+            if let Ok(progress) = decoder.decode(&input, &mut body, 64, 16) {
+                assert!(progress.consumed <= input.len());
+                assert!(body.len() <= 64);
+            }
+        }
     }
 }

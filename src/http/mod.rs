@@ -4,10 +4,6 @@
 //!
 //! Nothing here does I/O; `conn.rs` feeds bytes in and writes bytes out.
 
-// Until conn.rs lands, parts of this module are reached only from its tests
-// (and benches). Remove when it does: dead code should warn again.
-#![cfg_attr(not(test), allow(dead_code))]
-
 pub(crate) mod body;
 pub(crate) mod date;
 pub(crate) mod request;
