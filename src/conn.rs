@@ -209,7 +209,12 @@ impl Conn {
                     if self.closing == Closing::Lingering {
                         return Next::Close;
                     }
-                    // The client sent all it will: answer what was complete.
+                    // The client sent all it will: answer what was complete,
+                    // and say so if a request was cut short.
+                    if !self.input.is_empty() && self.closing == Closing::Open {
+                        self.input.clear();
+                        self.reject(Reject::new(400, "incomplete request"), d);
+                    }
                     self.closing = Closing::AfterWrite;
                     break;
                 }

@@ -57,7 +57,7 @@ fn content_length_and_chunked_bodies_reach_the_service() {
     assert_eq!(client.reply().text(), "hello world");
     client.send(
         b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
-          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: dropped\r\n\r\n",
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: dropped\r\n\r\n",
     );
     assert_eq!(client.reply().text(), "hello world");
     // A body bigger than the loop's read buffer, in many writes.
@@ -235,6 +235,17 @@ fn bad_requests_get_their_status_and_a_close_and_harm_nobody_else() {
         failures.join("\n")
     );
     assert!(BAD_REQUESTS.len() + generated.len() >= 25);
+}
+
+#[test]
+fn a_request_cut_short_by_the_client_gets_400() {
+    let server = util::start(util::config(1), util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    client.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let reply = client.reply();
+    assert_eq!(reply.status, 400);
+    assert!(client.is_closed());
 }
 
 #[test]

@@ -20,7 +20,19 @@ pub(crate) struct ChunkedDecoder {
     total: u64,
     /// Bytes of trailer fields so far (the final CRLF not counted).
     trailer_len: usize,
+    /// The current trailer field's name, lowercased, while it fits.
+    trailer_name: [u8; FORBIDDEN_TRAILER_MAX],
+    trailer_name_len: usize,
 }
+
+/// Fields that must not be sent as trailers because they frame or route
+/// the message (RFC 9110 6.5.1); accepting them invites request smuggling
+/// through an intermediary that merges trailers into the header section.
+const FORBIDDEN_TRAILERS: [&[u8]; 6] =
+    [b"content-length", b"transfer-encoding", b"host", b"trailer", b"connection", b"te"];
+
+/// Length of the longest name in [`FORBIDDEN_TRAILERS`].
+const FORBIDDEN_TRAILER_MAX: usize = 17;
 
 /// Where the decoder is in the grammar:
 ///
@@ -215,8 +227,23 @@ impl ChunkedDecoder {
             (DataCr | DataLf, _) => return Err(BAD_FRAMING),
 
             (TrailerStart, b'\r') => EndLf,
-            (TrailerStart | TrailerName, _) if is_tchar(b) => TrailerName,
-            (TrailerName, b':') => TrailerValue,
+            (TrailerStart | TrailerName, _) if is_tchar(b) => {
+                if self.state == TrailerStart {
+                    self.trailer_name_len = 0;
+                }
+                if let Some(slot) = self.trailer_name.get_mut(self.trailer_name_len) {
+                    *slot = b.to_ascii_lowercase();
+                }
+                self.trailer_name_len += 1;
+                TrailerName
+            }
+            (TrailerName, b':') => {
+                let name = self.trailer_name.get(..self.trailer_name_len);
+                if name.is_some_and(|name| FORBIDDEN_TRAILERS.contains(&name)) {
+                    return Err(Reject::new(400, "forbidden trailer field"));
+                }
+                TrailerValue
+            }
             (TrailerValue, b'\r') => TrailerLf,
             // field-vchar / SP / HTAB / obs-text
             (TrailerValue, _) if b == b'\t' || (b >= b' ' && b != 0x7f) => TrailerValue,
@@ -404,6 +431,24 @@ mod tests {
         let mut long = b"5;a=".to_vec();
         long.resize(MAX_SIZE_LINE + 1, b'b'); // ...but not without end
         assert_eq!(decode_pieces(&[&long]).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn forbidden_trailers_are_refused() {
+        for name in ["Content-Length", "transfer-encoding", "HOST", "Trailer"] {
+            let input = format!("1\r\na\r\n0\r\n{name}: 1\r\n\r\n");
+            let mut body = Vec::new();
+            let result = ChunkedDecoder::new().decode(input.as_bytes(), &mut body, 100, 100);
+            assert_eq!(
+                result.map(|p| p.done),
+                Err(Reject::new(400, "forbidden trailer field")),
+                "{name}"
+            );
+        }
+        let input = b"1\r\na\r\n0\r\nContent-Lengthy: 1\r\nX-Host: 2\r\n\r\n";
+        let mut body = Vec::new();
+        let progress = ChunkedDecoder::new().decode(input, &mut body, 100, 100).unwrap();
+        assert!(progress.done, "names that only look alike are fine");
     }
 
     #[test]
