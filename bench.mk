@@ -57,3 +57,14 @@ bench-quick: $(BENCH_DEPS)
 
 chaos: $(BENCH_DEPS)
 	$(COMPARE) chaos --out $(BENCH_OUT) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+
+# RSS per idle keep-alive connection (10,000 of them) after a wrk run,
+# vigil against may_minihttp; results in target/bench/memory.json.
+.PHONY: bench-memory
+bench-memory: $(BENCH_DEPS)
+	python3 $(BENCH_DIR)/memory.py $(VIGIL_BIN) $(MAY_HELLO)
+
+# Latency of / with 32 CPU-heavy requests in flight, offloaded vs inline.
+.PHONY: bench-offload
+bench-offload: bench-tools $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
+	$(BENCH_DIR)/offload.sh $(VIGIL_BIN)
