@@ -22,7 +22,7 @@ use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{self, Encoding, CONTINUE};
 use crate::http::{Limits, Reject, MAX_HEADERS_CAP};
 use crate::offload::{Completion, Job, Pool};
-use crate::shared::LoopShared;
+use crate::shared::{CleanFlag, LoopShared};
 use crate::sys::{sort_io_error, IoVerdict};
 use crate::{Request, Response, Service, ServiceFactory};
 
@@ -133,6 +133,8 @@ pub(crate) struct Conn {
     timer: Timer,
     /// This connection's slab key, which offloaded work reports back to.
     key: usize,
+    /// Published for the supervisor: see `shared::CleanFlag`.
+    pub(crate) clean: Arc<CleanFlag>,
     /// Responses in request order while offloaded work is outstanding;
     /// empty otherwise (responses then go straight to the output).
     pending: VecDeque<Pending>,
@@ -151,6 +153,7 @@ impl Conn {
     pub(crate) fn new(
         stream: TcpStream,
         key: usize,
+        clean: Arc<CleanFlag>,
         now: Instant,
         header_timeout: Duration,
     ) -> Conn {
@@ -167,8 +170,19 @@ impl Conn {
             deadline: now + header_timeout,
             timer: Timer::Idle,
             key,
+            clean,
             pending: VecDeque::new(),
         }
+    }
+
+    /// No state outside the kernel: could move to another loop losing
+    /// nothing (see `shared::CleanFlag`).
+    pub(crate) fn is_clean(&self) -> bool {
+        self.closing == Closing::Open
+            && self.input.is_empty()
+            && self.output.is_empty()
+            && self.pending.is_empty()
+            && self.chunked.is_none()
     }
 
     /// Brings an idle connection's deadline forward to `at` (draining).

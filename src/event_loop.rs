@@ -2,7 +2,7 @@
 //! connection slab, accepting from the listening socket every loop shares.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -16,7 +16,7 @@ use crate::conn::{self, Conn, Dispatch, Next};
 use crate::http::date::DateCache;
 use crate::offload::Completion;
 use crate::server::ServerShared;
-use crate::shared::{LoopShared, LoopState};
+use crate::shared::{CleanFlag, LoopShared, LoopState};
 use crate::sys::{self, sort_io_error, IoVerdict};
 use crate::{memory, Response, ServiceFactory};
 
@@ -47,10 +47,13 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// Starts loop `shared` on a new thread. `ready` is sent once the loop
 /// listens, or dropped if it fails to start.
+/// `adopt` are connections taken over from a stalled loop, served from the
+/// start.
 pub(crate) fn spawn<F: ServiceFactory>(
     shared: Arc<LoopShared>,
     server: Arc<ServerShared>,
     factory: Arc<F>,
+    adopt: Vec<OwnedFd>,
     ready: crossbeam_channel::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
@@ -66,7 +69,7 @@ pub(crate) fn spawn<F: ServiceFactory>(
         let service = factory.new_service(shared.slot);
         match EventLoop::new(shared.clone(), server, factory, service) {
             Ok(event_loop) => {
-                if let Err(err) = event_loop.run(ready) {
+                if let Err(err) = event_loop.run(adopt, ready) {
                     log::error!("loop {} failed: {err}", shared.name());
                 }
             }
@@ -159,11 +162,15 @@ impl<F: ServiceFactory> EventLoop<F> {
         })
     }
 
-    fn run(mut self, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
+    fn run(mut self, adopt: Vec<OwnedFd>, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
         self.listen()?;
         self.d.shared.set_state(LoopState::Serving);
         let _ = ready.send(());
         drop(ready);
+        self.d.now = Instant::now();
+        for fd in adopt {
+            self.add_conn(std::net::TcpStream::from(fd));
+        }
         let mut events = Events::with_capacity(1024);
         loop {
             let timeout = self.poll_timeout();
@@ -352,6 +359,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         let mut stream = TcpStream::from_std(stream);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
+        let clean = Arc::new(CleanFlag::default());
         {
             let mut registry = self.d.shared.registry();
             if registry.is_closed() {
@@ -359,7 +367,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 server.open_connections.fetch_sub(1, Relaxed);
                 return;
             }
-            registry.insert(key, stream.as_raw_fd());
+            registry.insert(key, stream.as_raw_fd(), clean.clone());
         }
         // Both interests once, edge-triggered: no re-registration later.
         if let Err(err) = self.poll.registry().register(
@@ -374,7 +382,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             server.open_connections.fetch_sub(1, Relaxed);
             return;
         }
-        entry.insert(Conn::new(stream, key, self.d.now, self.d.header_timeout));
+        entry.insert(Conn::new(stream, key, clean, self.d.now, self.d.header_timeout));
         self.d.shared.open_connections.fetch_add(1, Relaxed);
         self.d.shared.counters.accepted.fetch_add(1, Relaxed);
         // Clients send their request right after connecting, so it is
@@ -389,7 +397,12 @@ impl<F: ServiceFactory> EventLoop<F> {
             let key = completion.conn;
             // A connection closed meanwhile: its result is dropped quietly.
             let Some(conn) = self.conns.get_mut(key) else { continue };
-            match conn.complete(completion, &mut self.scratch, &mut self.d) {
+            conn.clean.set(false);
+            let next = conn.complete(completion, &mut self.scratch, &mut self.d);
+            if next != Next::Close {
+                conn.clean.set(conn.is_clean());
+            }
+            match next {
                 Next::Wait => {}
                 Next::Deferred => self.deferred.push(key),
                 Next::Close => self.close(key),
@@ -401,12 +414,17 @@ impl<F: ServiceFactory> EventLoop<F> {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this batch
         };
+        // Not movable while it is being served (a handler may stall here).
+        conn.clean.set(false);
         let mut next = Next::Wait;
         if writable {
             next = conn.on_writable(&mut self.scratch, &mut self.d);
         }
         if readable && next != Next::Close {
             next = conn.on_readable(&mut self.scratch, &mut self.d);
+        }
+        if next != Next::Close {
+            conn.clean.set(conn.is_clean());
         }
         match next {
             Next::Wait => {}

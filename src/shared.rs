@@ -9,7 +9,7 @@
 //! must notice one promptly. The fd registry is a mutex because its job is
 //! mutual exclusion: see [`FdRegistry`].
 
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -55,32 +55,62 @@ pub(crate) struct SlotCounters {
     pub(crate) offloaded: AtomicU64,
 }
 
-/// The fds of a loop's connections, so that the supervisor can shut them
-/// down when it abandons the loop.
+/// The fds of a loop's connections, so that the supervisor can take them
+/// over when it abandons the loop.
 ///
 /// The loop inserts an fd after accepting it and removes it, *and closes
-/// it*, with the lock held; the supervisor shuts fds down with the lock
+/// it*, with the lock held; the supervisor duplicates fds with the lock
 /// held. So an fd number the supervisor sees is always the loop's own
 /// socket, never a number the kernel reused for something else.
 #[derive(Debug, Default)]
 pub(crate) struct FdRegistry {
-    /// Indexed by connection token; -1 marks a free entry.
-    fds: Vec<RawFd>,
-    /// Set by the supervisor once it has shut everything down.
+    /// Indexed by connection token.
+    entries: Vec<Option<Registered>>,
+    /// Set by the supervisor once it has taken the connections over.
     closed: bool,
 }
 
+#[derive(Debug)]
+struct Registered {
+    fd: RawFd,
+    clean: Arc<CleanFlag>,
+}
+
+/// Whether a connection has no state outside the kernel: no buffered
+/// input or output, no offloaded work, not being served. Such a connection
+/// can move to another loop and lose nothing. Set by its loop with a relaxed
+/// store; read by the supervisor only once the loop is stuck, when it no
+/// longer changes.
+#[derive(Debug, Default)]
+pub(crate) struct CleanFlag(AtomicBool);
+
+impl CleanFlag {
+    #[inline]
+    pub(crate) fn set(&self, clean: bool) {
+        self.0.store(clean, Relaxed);
+    }
+}
+
+/// The sockets of an abandoned loop, as duplicates the supervisor owns.
+#[derive(Debug, Default)]
+pub(crate) struct TakenOver {
+    /// Idle connections, for the replacement loop to serve.
+    pub(crate) clean: Vec<OwnedFd>,
+    /// Connections with state the stuck loop holds: to be shut down.
+    pub(crate) stuck: Vec<OwnedFd>,
+}
+
 impl FdRegistry {
-    pub(crate) fn insert(&mut self, token: usize, fd: RawFd) {
-        if self.fds.len() <= token {
-            self.fds.resize(token + 1, -1);
+    pub(crate) fn insert(&mut self, token: usize, fd: RawFd, clean: Arc<CleanFlag>) {
+        if self.entries.len() <= token {
+            self.entries.resize_with(token + 1, || None);
         }
-        self.fds[token] = fd;
+        self.entries[token] = Some(Registered { fd, clean });
     }
 
     pub(crate) fn remove(&mut self, token: usize) {
-        if let Some(entry) = self.fds.get_mut(token) {
-            *entry = -1;
+        if let Some(entry) = self.entries.get_mut(token) {
+            *entry = None;
         }
     }
 
@@ -88,19 +118,21 @@ impl FdRegistry {
         self.closed
     }
 
-    /// Shuts down every registered socket and marks the registry closed.
-    /// Returns how many were shut down.
-    pub(crate) fn shut_down_all(&mut self) -> usize {
+    /// Duplicates every registered socket, sorted into clean and stuck
+    /// ones, and marks the registry closed. The duplicates keep the sockets
+    /// open whatever the abandoned loop does with its own fds later.
+    pub(crate) fn take_over(&mut self) -> TakenOver {
         debug_assert!(!self.closed, "a loop is abandoned once");
         self.closed = true;
-        let mut count = 0;
-        for &fd in self.fds.iter().filter(|&&fd| fd >= 0) {
-            // A socket the peer already closed reports ENOTCONN: nothing to do.
-            if crate::sys::shutdown_both(fd).is_ok() {
-                count += 1;
+        let mut taken = TakenOver::default();
+        for entry in self.entries.iter().flatten() {
+            match crate::sys::duplicate(entry.fd) {
+                Ok(fd) if entry.clean.0.load(Relaxed) => taken.clean.push(fd),
+                Ok(fd) => taken.stuck.push(fd),
+                Err(err) => log::warn!("cannot duplicate fd {}: {err}", entry.fd),
             }
         }
-        count
+        taken
     }
 }
 

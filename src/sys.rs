@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Turns a negative libc return into `io::Error::last_os_error()`.
 macro_rules! syscall {
@@ -61,13 +61,21 @@ pub(crate) fn accept(listener: &TcpListener) -> io::Result<std::net::TcpStream> 
     Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
 }
 
-/// `shutdown(fd, SHUT_RDWR)` on a socket the caller does not own.
+/// A close-on-exec duplicate of a socket the caller does not own.
 ///
-/// The supervisor closes the connections of a stalled loop this way. The
-/// caller must hold the loop's fd registry lock, under which the loop
+/// The supervisor takes the connections of a stalled loop over this way.
+/// The caller must hold the loop's fd registry lock, under which the loop
 /// closes its fds, so `fd` cannot be closed and reused meanwhile.
-pub(crate) fn shutdown_both(fd: RawFd) -> io::Result<()> {
-    syscall!(shutdown(fd, libc::SHUT_RDWR)).map(drop)
+pub(crate) fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
+    let copy = syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 0))?;
+    // SAFETY: fcntl just returned this new fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
+}
+
+/// `shutdown(SHUT_RDWR)`: the peer sees the connection end at once, even
+/// while other fds (a stuck loop's) still refer to the socket.
+pub(crate) fn shutdown_both(fd: &OwnedFd) -> io::Result<()> {
+    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RDWR)).map(drop)
 }
 
 /// `shutdown(fd, SHUT_RD)` on a listening socket: the kernel refuses new

@@ -6,6 +6,7 @@ mod intensity;
 pub(crate) mod verdict;
 
 use std::io;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -58,7 +59,7 @@ pub(crate) fn start<F: ServiceFactory>(
         outcome: Outcome::Stopped,
     };
     for slot in 0..server.config.loops {
-        let running = supervisor.spawn_loop(slot, 0)?;
+        let running = supervisor.spawn_loop(slot, 0, Vec::new())?;
         supervisor.slots.push(Slot {
             running: Some(running),
             observation: None,
@@ -157,7 +158,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     }
 
     /// Spawns generation `generation` of `slot` and waits until it listens.
-    fn spawn_loop(&self, slot: usize, generation: u32) -> io::Result<Running> {
+    fn spawn_loop(&self, slot: usize, generation: u32, adopt: Vec<OwnedFd>) -> io::Result<Running> {
         let shared = Arc::new(LoopShared::new(
             slot,
             generation,
@@ -165,8 +166,13 @@ impl<F: ServiceFactory> Supervisor<F> {
             self.server.slots[slot].clone(),
         ));
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let thread =
-            event_loop::spawn(shared.clone(), self.server.clone(), self.factory.clone(), ready_tx)?;
+        let thread = event_loop::spawn(
+            shared.clone(),
+            self.server.clone(),
+            self.factory.clone(),
+            adopt,
+            ready_tx,
+        )?;
         // An error means the loop failed to start; the next check sees it dead.
         let _ = ready_rx.recv_timeout(SPAWN_READY_TIMEOUT);
         Ok(Running { shared, thread })
@@ -210,31 +216,40 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     /// Replaces a stalled loop.
     ///
+    /// Its idle keep-alive connections are not closed but handed to the
+    /// replacement (as duplicated fds): requests their clients send next,
+    /// or already sent and the kernel holds, are served as if nothing
+    /// happened. Only connections with state inside the stuck loop (the
+    /// request being served, partial input, unsent output) are shut down.
+    ///
     /// The order differs from "close, quarantine, spawn" on one point: the
-    /// replacement is started (and listening) *before* the stalled loop's
-    /// connections are shut down. Those clients reconnect within
-    /// microseconds; if the replacement is not yet in `epoll_wait`, they
-    /// all land on the other loops and stay there.
+    /// replacement is started (and listening) *before* those connections
+    /// are shut down. Their clients reconnect within microseconds; if the
+    /// replacement is not yet in `epoll_wait`, they all land on the other
+    /// loops and stay there.
     fn abandon(&mut self, slot: usize, stuck_for: Duration, now: Instant) {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
         old.shared.abandoned.store(true, Relaxed);
         old.shared.set_state(LoopState::Abandoned);
-        let replacement = self.next_generation(slot);
+        let taken = {
+            // The lock the loop also closes its fds under: see `EventLoop::close`.
+            let mut registry = old.shared.registry();
+            let taken = registry.take_over();
+            let open = old.shared.open_connections.load(Relaxed);
+            self.server.open_connections.fetch_sub(open, Relaxed);
+            taken
+        };
+        let migrated = taken.clean.len();
+        let replacement = self.next_generation(slot, taken.clean);
         old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
         let shared = old.shared.clone();
         self.abandoned.push(old);
         // The snapshot shows the replacement before any client sees a close.
         self.publish_loops();
-        let closed = {
-            let mut registry = shared.registry();
-            let closed = registry.shut_down_all();
-            // Under the lock the loop also closes under: see `EventLoop::close`.
-            let open = shared.open_connections.load(Relaxed);
-            self.server.open_connections.fetch_sub(open, Relaxed);
-            closed
-        };
+        let closed = taken.stuck.iter().filter(|fd| sys::shutdown_both(fd).is_ok()).count();
+        drop(taken.stuck);
         let tid = shared.tid.load(Relaxed);
         if tid > 0 {
             if let Err(err) = sys::set_idle_priority(tid) {
@@ -242,10 +257,11 @@ impl<F: ServiceFactory> Supervisor<F> {
             }
         }
         log::warn!(
-            "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} request={:?} replaced_by={}; thread abandoned",
+            "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} migrated_connections={} request={:?} replaced_by={}; thread abandoned",
             shared.name(),
             stuck_for,
             closed,
+            migrated,
             shared.current_request.read().unwrap_or_default(),
             replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
         );
@@ -261,12 +277,14 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
     }
 
-    /// Spawns the next generation into `slot`; on failure schedules a retry.
-    fn next_generation(&mut self, slot: usize) -> Option<u32> {
+    /// Spawns the next generation into `slot`, serving `adopt` from the
+    /// start; on failure schedules a retry (the adopted sockets are then
+    /// lost with the thread that could not start).
+    fn next_generation(&mut self, slot: usize, adopt: Vec<OwnedFd>) -> Option<u32> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
         self.slots[slot].observation = None;
-        match self.spawn_loop(slot, generation) {
+        match self.spawn_loop(slot, generation, adopt) {
             Ok(running) => {
                 self.slots[slot].running = Some(running);
                 Some(generation)
@@ -317,7 +335,7 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     fn respawn(&mut self, slot: usize) {
         self.slots[slot].respawn_at = None;
-        if let Some(generation) = self.next_generation(slot) {
+        if let Some(generation) = self.next_generation(slot, Vec::new()) {
             log::info!("loop {slot}.{generation} started");
         }
         self.publish_loops();
@@ -332,7 +350,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
-        let replacement = self.next_generation(slot);
+        let replacement = self.next_generation(slot, Vec::new());
         old.shared.start_draining();
         old.shared.counters.recycled.fetch_add(1, Relaxed);
         log::info!(
