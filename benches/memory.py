@@ -49,12 +49,16 @@ def one_request(sock):
 
 
 def raise_fd_limit(n):
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    """Client and server each hold one fd per connection, plus a few."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY:
+        n = min(n, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 def measure(name, argv, port, conns, admin=None):
     server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              preexec_fn=lambda: raise_fd_limit(conns * 2 + 1000))
+                              preexec_fn=lambda: raise_fd_limit(conns + 1000))
     try:
         wait_listening(port)
         time.sleep(0.2)
@@ -94,7 +98,7 @@ def main():
     ap.add_argument("may")
     ap.add_argument("--conns", type=int, default=10_000)
     args = ap.parse_args()
-    raise_fd_limit(args.conns * 2 + 1000)
+    raise_fd_limit(args.conns + 1000)
     results = []
     vport, aport, mport = free_port(), free_port(), free_port()
     results.append(measure("vigil", [args.vigil, "--listen", f"127.0.0.1:{vport}", "--loops", "2",

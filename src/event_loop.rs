@@ -23,15 +23,14 @@ use crate::{memory, Response, ServiceFactory};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 
-/// Connections accepted per wake-up before serving the ones already open.
-/// The listener is level-triggered, so what is left wakes a loop again.
-const ACCEPT_BATCH: usize = 64;
 
 /// Accepts after which a loop moves itself to the back of the listener's
 /// wait queue (as nginx does every 16). With `EPOLLEXCLUSIVE` the kernel
 /// wakes the first waiting epoll instance in the order they were added, so
 /// without this the first loop takes nearly every connection whenever it
-/// is waiting.
+/// is waiting. It is also the most a loop accepts per wake-up: the listener
+/// is level-triggered, so what is left wakes a loop again, the other one
+/// first, and a burst of connections is shared.
 const ACCEPTS_PER_REARM: u32 = 16;
 
 /// How long accepting pauses when the process is out of file descriptors,
@@ -294,7 +293,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         if !self.listening {
             return;
         }
-        for _ in 0..ACCEPT_BATCH {
+        while self.accepts_since_rearm < ACCEPTS_PER_REARM {
             match sys::accept(&self.server.listener) {
                 Ok(stream) => {
                     self.add_conn(stream);
