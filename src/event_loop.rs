@@ -23,7 +23,6 @@ use crate::{memory, Response, ServiceFactory};
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
 
-
 /// Accepts after which a loop moves itself to the back of the listener's
 /// wait queue (as nginx does every 16). With `EPOLLEXCLUSIVE` the kernel
 /// wakes the first waiting epoll instance in the order they were added, so
