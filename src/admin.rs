@@ -8,7 +8,7 @@ use std::sync::Once;
 
 use may_minihttp::{HttpService, HttpServiceFactory, Request, Response};
 
-use crate::server::{Control, Snapshot};
+use crate::server::{Control, LoopSnapshot, Snapshot};
 use crate::shared::LoopState;
 use crate::sys;
 
@@ -190,182 +190,159 @@ pub(crate) fn route(method: &str, path: &str, access: Access<'_>, control: &Cont
 /// Prometheus text exposition format 0.0.4.
 pub(crate) fn render_metrics(snapshot: &Snapshot) -> String {
     use std::fmt::Write;
-    let mut out = String::with_capacity(4096);
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP vigil_{name} {help}");
-        let _ = writeln!(out, "# TYPE vigil_{name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "vigil_{name}{labels} {value}");
-        }
-    };
-    let per_loop = |value: &dyn Fn(&crate::LoopSnapshot) -> f64| -> Vec<(String, f64)> {
-        snapshot.loops.iter().map(|l| (format!("{{loop=\"{}\"}}", l.slot), value(l))).collect()
-    };
-    let single = |value: f64| vec![(String::new(), value)];
+    use LoopState::*;
 
-    family(
-        "requests_total",
-        "counter",
-        "Requests answered, per loop slot.",
-        &per_loop(&|l| l.requests as f64),
-    );
-    family(
-        "accepted_connections_total",
-        "counter",
-        "Connections accepted, per loop slot.",
-        &per_loop(&|l| l.accepted as f64),
-    );
-    family(
-        "open_connections",
-        "gauge",
-        "Connections open now, per loop.",
-        &per_loop(&|l| l.open_connections as f64),
-    );
-    family(
-        "handler_panics_total",
-        "counter",
-        "Handler panics answered with 500, per loop slot.",
-        &per_loop(&|l| l.handler_panics as f64),
-    );
-    family(
-        "rejected_requests_total",
-        "counter",
-        "Requests refused with 4xx/5xx before the service ran.",
-        &per_loop(&|l| l.rejected as f64),
-    );
-    let mut replacements = Vec::new();
+    type PerLoop = fn(&LoopSnapshot) -> f64;
+    let per_loop: [(&str, &str, &str, PerLoop); 10] = [
+        ("requests_total", "counter", "Requests answered, per loop slot.", |l| l.requests as f64),
+        ("accepted_connections_total", "counter", "Connections accepted, per loop slot.", |l| {
+            l.accepted as f64
+        }),
+        ("open_connections", "gauge", "Connections open now, per loop.", |l| {
+            l.open_connections as f64
+        }),
+        (
+            "handler_panics_total",
+            "counter",
+            "Handler panics answered with 500, per loop slot.",
+            |l| l.handler_panics as f64,
+        ),
+        ("rejected_requests_total", "counter", "Requests refused before the service ran.", |l| {
+            l.rejected as f64
+        }),
+        ("offloaded_requests_total", "counter", "Requests handed to the offload pool.", |l| {
+            l.offloaded as f64
+        }),
+        ("loop_generation", "gauge", "Generation of the current loop of each slot.", |l| {
+            f64::from(l.generation)
+        }),
+        ("arena_allocated_bytes", "gauge", "Bytes allocated in the loop's jemalloc arena.", |l| {
+            l.memory.as_ref().map_or(f64::NAN, |m| m.allocated as f64)
+        }),
+        ("arena_active_bytes", "gauge", "Bytes in active pages of the loop's arena.", |l| {
+            l.memory.as_ref().map_or(f64::NAN, |m| m.active as f64)
+        }),
+        ("arena_resident_bytes", "gauge", "Resident bytes of the loop's arena.", |l| {
+            l.memory.as_ref().map_or(f64::NAN, |m| m.resident as f64)
+        }),
+    ];
+    let memory = snapshot.memory.unwrap_or_default();
+    let pool = &snapshot.offload;
+    let process: [(&str, &str, &str, f64); 15] = [
+        (
+            "abandoned_threads",
+            "gauge",
+            "Abandoned loop threads still alive.",
+            snapshot.abandoned_alive as f64,
+        ),
+        (
+            "abandoned_threads_max",
+            "gauge",
+            "Abandoned threads allowed before the process exits.",
+            snapshot.max_abandoned as f64,
+        ),
+        (
+            "abandoned_threads_reclaimed_total",
+            "counter",
+            "Abandoned threads whose handler returned and that exited.",
+            snapshot.reclaimed as f64,
+        ),
+        (
+            "restart_intensity_exceeded_total",
+            "counter",
+            "Times replacements exceeded the restart intensity limit.",
+            snapshot.restart_intensity_exceeded as f64,
+        ),
+        (
+            "memory_allocated_bytes",
+            "gauge",
+            "Bytes allocated, whole process (jemalloc).",
+            memory.allocated as f64,
+        ),
+        (
+            "memory_active_bytes",
+            "gauge",
+            "Bytes in active pages, whole process (jemalloc).",
+            memory.active as f64,
+        ),
+        (
+            "memory_resident_bytes",
+            "gauge",
+            "Resident bytes mapped by jemalloc.",
+            memory.resident as f64,
+        ),
+        ("process_resident_bytes", "gauge", "Resident set size of the process.", memory.rss as f64),
+        (
+            "offload_queued",
+            "gauge",
+            "Offloaded jobs waiting for a pool thread.",
+            pool.queued as f64,
+        ),
+        ("offload_running", "gauge", "Offloaded jobs running.", pool.running as f64),
+        ("offload_completed_total", "counter", "Offloaded jobs finished.", pool.completed as f64),
+        (
+            "offload_rejected_total",
+            "counter",
+            "Offloaded jobs refused with 503 (queue full).",
+            pool.rejected as f64,
+        ),
+        (
+            "offload_panics_total",
+            "counter",
+            "Offloaded jobs that panicked (answered 500).",
+            pool.panicked as f64,
+        ),
+        (
+            "ready",
+            "gauge",
+            "1 while the server accepts traffic.",
+            f64::from(u8::from(snapshot.ready)),
+        ),
+        ("uptime_seconds", "gauge", "Seconds since the server started.", snapshot.uptime_seconds),
+    ];
+
+    let mut out = String::with_capacity(8192);
+    let header = |out: &mut String, name: &str, kind: &str, help: &str| {
+        let _ = writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} {kind}");
+    };
+    for (name, kind, help, value) in per_loop {
+        header(&mut out, name, kind, help);
+        for l in &snapshot.loops {
+            let _ = writeln!(out, "vigil_{name}{{loop=\"{}\"}} {}", l.slot, value(l));
+        }
+    }
+    header(&mut out, "replacements_total", "counter", "Loops replaced, per slot and reason.");
     for l in &snapshot.loops {
         for (reason, count) in
             [("stalled", l.replaced_stalled), ("died", l.replaced_died), ("recycled", l.recycled)]
         {
-            replacements
-                .push((format!("{{loop=\"{}\",reason=\"{reason}\"}}", l.slot), count as f64));
+            let _ = writeln!(
+                out,
+                "vigil_replacements_total{{loop=\"{}\",reason=\"{reason}\"}} {count}",
+                l.slot
+            );
         }
     }
-    family("replacements_total", "counter", "Loops replaced, per slot and reason.", &replacements);
-    family(
-        "loop_generation",
-        "gauge",
-        "Generation of the current loop of each slot.",
-        &per_loop(&|l| f64::from(l.generation)),
-    );
-    let mut states = Vec::new();
+    header(&mut out, "loop_state", "gauge", "1 for the state each slot's current loop is in.");
     for l in &snapshot.loops {
-        for state in [
-            LoopState::Starting,
-            LoopState::Serving,
-            LoopState::Draining,
-            LoopState::Abandoned,
-            LoopState::Exited,
+        for (state, name) in [
+            (Starting, "starting"),
+            (Serving, "serving"),
+            (Draining, "draining"),
+            (Abandoned, "abandoned"),
+            (Exited, "exited"),
         ] {
-            let name = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            states.push((
-                format!("{{loop=\"{}\",state=\"{name}\"}}", l.slot),
-                f64::from(u8::from(l.state == state)),
-            ));
+            let _ = writeln!(
+                out,
+                "vigil_loop_state{{loop=\"{}\",state=\"{name}\"}} {}",
+                l.slot,
+                u8::from(l.state == state)
+            );
         }
     }
-    family("loop_state", "gauge", "1 for the state each slot's current loop is in.", &states);
-    let arena = |field: fn(&crate::ArenaStats) -> u64| {
-        per_loop(&move |l| l.memory.as_ref().map_or(f64::NAN, |m| field(m) as f64))
-    };
-    family(
-        "arena_allocated_bytes",
-        "gauge",
-        "Bytes allocated in the loop's jemalloc arena (NaN without jemalloc).",
-        &arena(|m| m.allocated),
-    );
-    family(
-        "arena_active_bytes",
-        "gauge",
-        "Bytes in active pages of the loop's arena.",
-        &arena(|m| m.active),
-    );
-    family(
-        "arena_resident_bytes",
-        "gauge",
-        "Resident bytes of the loop's arena.",
-        &arena(|m| m.resident),
-    );
-    family(
-        "abandoned_threads",
-        "gauge",
-        "Abandoned loop threads still alive.",
-        &single(snapshot.abandoned_alive as f64),
-    );
-    family(
-        "abandoned_threads_max",
-        "gauge",
-        "Abandoned threads allowed before the process exits.",
-        &single(snapshot.max_abandoned as f64),
-    );
-    family(
-        "abandoned_threads_reclaimed_total",
-        "counter",
-        "Abandoned threads whose handler returned and that exited.",
-        &single(snapshot.reclaimed as f64),
-    );
-    family(
-        "restart_intensity_exceeded_total",
-        "counter",
-        "Times replacements exceeded the restart intensity limit.",
-        &single(snapshot.restart_intensity_exceeded as f64),
-    );
-    let memory = snapshot.memory.unwrap_or_default();
-    family(
-        "memory_allocated_bytes",
-        "gauge",
-        "Bytes allocated, whole process (jemalloc).",
-        &single(memory.allocated as f64),
-    );
-    family(
-        "memory_active_bytes",
-        "gauge",
-        "Bytes in active pages, whole process (jemalloc).",
-        &single(memory.active as f64),
-    );
-    family(
-        "memory_resident_bytes",
-        "gauge",
-        "Resident bytes mapped by jemalloc.",
-        &single(memory.resident as f64),
-    );
-    family(
-        "process_resident_bytes",
-        "gauge",
-        "Resident set size of the process.",
-        &single(memory.rss as f64),
-    );
-    let pool = &snapshot.offload;
-    for (name, kind, help, value) in [
-        ("offload_queued", "gauge", "Offloaded jobs waiting for a pool thread.", pool.queued),
-        ("offload_running", "gauge", "Offloaded jobs running.", pool.running),
-        ("offload_completed_total", "counter", "Offloaded jobs finished.", pool.completed),
-        ("offload_rejected_total", "counter", "Offloaded jobs refused with 503.", pool.rejected),
-        ("offload_panics_total", "counter", "Offloaded jobs that panicked.", pool.panicked),
-    ] {
-        family(name, kind, help, &single(value as f64));
+    for (name, kind, help, value) in process {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "vigil_{name} {value}");
     }
-    family(
-        "offloaded_requests_total",
-        "counter",
-        "Requests handed to the offload pool, per loop slot.",
-        &per_loop(&|l| l.offloaded as f64),
-    );
-    family(
-        "ready",
-        "gauge",
-        "1 while the server accepts traffic.",
-        &single(f64::from(u8::from(snapshot.ready))),
-    );
-    family(
-        "uptime_seconds",
-        "gauge",
-        "Seconds since the server started.",
-        &single(snapshot.uptime_seconds),
-    );
     out
 }

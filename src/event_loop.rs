@@ -394,33 +394,36 @@ impl<F: ServiceFactory> EventLoop<F> {
         while let Ok(completion) = self.completions.try_recv() {
             let key = completion.conn;
             // A connection closed meanwhile: its result is dropped quietly.
-            let Some(conn) = self.conns.get_mut(key) else { continue };
-            conn.clean.set(false);
-            let next = conn.complete(completion, &mut self.scratch, &mut self.d);
-            if next != Next::Close {
-                conn.clean.set(conn.is_clean());
-            }
-            match next {
-                Next::Wait => {}
-                Next::Deferred => self.deferred.push(key),
-                Next::Close => self.close(key),
-            }
+            self.serve(key, |conn, scratch, d| conn.complete(completion, scratch, d));
         }
     }
 
     fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        self.serve(key, |conn, scratch, d| {
+            let mut next = Next::Wait;
+            if writable {
+                next = conn.on_writable(scratch, d);
+            }
+            if readable && next != Next::Close {
+                next = conn.on_readable(scratch, d);
+            }
+            next
+        });
+    }
+
+    /// Runs `work` on connection `key` (if it is still open) and acts on
+    /// what it returns.
+    fn serve(
+        &mut self,
+        key: usize,
+        work: impl FnOnce(&mut Conn, &mut [u8], &mut Dispatch<F>) -> Next,
+    ) {
         let Some(conn) = self.conns.get_mut(key) else {
             return; // closed earlier in this batch
         };
         // Not movable while it is being served (a handler may stall here).
         conn.clean.set(false);
-        let mut next = Next::Wait;
-        if writable {
-            next = conn.on_writable(&mut self.scratch, &mut self.d);
-        }
-        if readable && next != Next::Close {
-            next = conn.on_readable(&mut self.scratch, &mut self.d);
-        }
+        let next = work(conn, &mut self.scratch, &mut self.d);
         if next != Next::Close {
             conn.clean.set(conn.is_clean());
         }
