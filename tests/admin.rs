@@ -168,3 +168,51 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
         assert!(matches!(stream.read(&mut byte), Ok(0) | Err(_)), "nobody serves after exit");
     }
 }
+
+#[test]
+fn sighup_recycles_every_loop_and_a_second_sigterm_stops_at_once() {
+    let admin_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin_arg = format!("127.0.0.1:{admin_port}");
+    let (mut child, addr, stderr) = crate::cli::spawn_vigil(&[
+        "--loops",
+        "2",
+        "--demo",
+        "--admin",
+        &admin_arg,
+        "--shutdown-timeout",
+        "30s",
+    ]);
+    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let admin_addr: std::net::SocketAddr = admin_arg.parse().unwrap();
+    let generations = || -> Option<Vec<u64>> {
+        let (status, body) = admin(admin_addr, "GET", "/loops", "");
+        let json: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        json["loops"].as_array()?.iter().map(|l| l["generation"].as_u64()).collect()
+    };
+    assert!(util::eventually(Duration::from_secs(10), || generations().is_some()));
+    // SAFETY: signalling our own child process.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGHUP) }, 0);
+    assert!(
+        util::eventually(Duration::from_secs(10), || generations() == Some(vec![1, 1])),
+        "every loop recycled once"
+    );
+    assert_eq!(util::get(addr, "/").unwrap().status, 200, "served after the rolling restart");
+
+    // A request that would hold a loop for 20 s: the first SIGTERM waits
+    // for it (shutdown timeout 30 s), the second one does not.
+    let mut slow = Client::new(addr);
+    slow.send(b"GET /block?ms=20000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    assert!(util::eventually(Duration::from_secs(10), || admin(admin_addr, "GET", "/readyz", "")
+        .0
+        == 503));
+    assert!(child.try_wait().unwrap().is_none(), "still draining the slow request");
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let exited = util::eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
+    assert!(exited, "the second SIGTERM stops at once, long before the 20 s request ends");
+    let log = log.join().unwrap();
+    assert!(log.iter().any(|l| l.contains("stopping now")), "{}", log.join("\n"));
+}
