@@ -185,12 +185,15 @@ impl<F: ServiceFactory> EventLoop<F> {
 
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => {
-                        self.accept_batch();
-                        self.rearm_if_due();
+                    LISTENER => self.accept_and_share(),
+                    // Offloaded work came back, a sibling left connections
+                    // to accept, or a flag below was set.
+                    WAKER => {
+                        self.take_completions();
+                        if self.d.shared.accept_hint.swap(false, Relaxed) {
+                            self.accept_and_share();
+                        }
                     }
-                    // Offloaded work came back, or a flag below was set.
-                    WAKER => self.take_completions(),
                     Token(key) => {
                         let readable =
                             event.is_readable() || event.is_read_closed() || event.is_error();
@@ -288,9 +291,26 @@ impl<F: ServiceFactory> EventLoop<F> {
         }
     }
 
-    fn accept_batch(&mut self) {
+    /// Accepts a batch; if the backlog may hold more, re-arms and wakes
+    /// the next loop to take its share.
+    ///
+    /// A burst of connections raises the listener's readiness many times
+    /// while the first loop woken has not yet left `epoll_wait`; the kernel
+    /// counts each as waking that loop, so the others are never woken. The
+    /// nudge (a `mio::Waker`, about once per 16 connections of a burst)
+    /// makes the next loop accept too.
+    fn accept_and_share(&mut self) {
+        let backlog_left = self.accept_batch();
+        self.rearm_if_due();
+        if backlog_left {
+            self.server.nudge_next_loop(self.d.shared.slot);
+        }
+    }
+
+    /// Accepts up to the re-arm limit; true when it stopped at the limit.
+    fn accept_batch(&mut self) -> bool {
         if !self.listening {
-            return;
+            return false;
         }
         while self.accepts_since_rearm < ACCEPTS_PER_REARM {
             match sys::accept(&self.server.listener) {
@@ -299,7 +319,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                     self.accepts_since_rearm += 1;
                 }
                 Err(err) => match sort_io_error(&err) {
-                    IoVerdict::Wait => break,
+                    IoVerdict::Wait => return false,
                     IoVerdict::Retry | IoVerdict::PeerGone => continue,
                     IoVerdict::OutOfFds => {
                         log::warn!(
@@ -318,6 +338,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 },
             }
         }
+        self.accepts_since_rearm >= ACCEPTS_PER_REARM
     }
 
     /// Moves this loop to the back of the listener's wait queue.

@@ -58,6 +58,19 @@ impl ServerShared {
     fn current_loops(&self) -> Vec<Arc<LoopShared>> {
         self.loops.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// Asks the loop after `slot` to accept what is left in the backlog.
+    pub(crate) fn nudge_next_loop(&self, slot: usize) {
+        let next = {
+            let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+            if loops.len() < 2 {
+                return;
+            }
+            loops[(slot + 1) % loops.len()].clone()
+        };
+        next.accept_hint.store(true, Relaxed);
+        next.wake();
+    }
 }
 
 /// Builds and starts a server.

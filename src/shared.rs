@@ -214,6 +214,8 @@ pub(crate) struct LoopShared {
     pub(crate) abandoned: AtomicBool,
     /// Set to stop accepting, finish connections, and exit.
     pub(crate) draining: AtomicBool,
+    /// Set by another loop that left connections in the backlog.
+    pub(crate) accept_hint: AtomicBool,
     state: AtomicUsize,
     /// jemalloc arena of the loop, if jemalloc is the allocator.
     pub(crate) arena: Mutex<Option<u32>>,
@@ -241,6 +243,7 @@ impl LoopShared {
             tid: AtomicI32::new(0),
             abandoned: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            accept_hint: AtomicBool::new(false),
             state: AtomicUsize::new(0),
             arena: Mutex::new(None),
             waker: Mutex::new(None),
