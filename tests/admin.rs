@@ -186,6 +186,8 @@ fn sighup_recycles_every_loop_and_a_second_sigterm_stops_at_once() {
     let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     let admin_addr: std::net::SocketAddr = admin_arg.parse().unwrap();
     let generations = || -> Option<Vec<u64>> {
+        // The admin plane starts just after the data plane's log line.
+        std::net::TcpStream::connect(admin_addr).ok()?;
         let (status, body) = admin(admin_addr, "GET", "/loops", "");
         let json: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
         json["loops"].as_array()?.iter().map(|l| l["generation"].as_u64()).collect()
