@@ -341,6 +341,16 @@ impl<F: ServiceFactory> EventLoop<F> {
         self.accepts_since_rearm >= ACCEPTS_PER_REARM
     }
 
+    /// Accepts until the backlog is empty.
+    fn accept_backlog(&mut self) {
+        while self.listening {
+            self.accepts_since_rearm = 0;
+            if !self.accept_batch() {
+                break;
+            }
+        }
+    }
+
     /// Moves this loop to the back of the listener's wait queue.
     fn rearm_if_due(&mut self) {
         if self.listening && self.accepts_since_rearm >= ACCEPTS_PER_REARM {
@@ -506,7 +516,14 @@ impl<F: ServiceFactory> EventLoop<F> {
     fn begin_drain(&mut self) {
         self.d.draining = true;
         self.d.shared.set_state(LoopState::Draining);
+        if self.server.draining.load(Relaxed) {
+            // The whole server stops: clients that connected before the
+            // signal are in the backlog and must be served, not reset when
+            // the supervisor closes the listener.
+            self.accept_backlog();
+        }
         self.stop_listening();
+        self.d.shared.accepted_final.store(true, Relaxed);
         let timeout = if self.server.draining.load(Relaxed) {
             self.server.config.shutdown_timeout
         } else {

@@ -216,6 +216,9 @@ pub(crate) struct LoopShared {
     pub(crate) draining: AtomicBool,
     /// Set by another loop that left connections in the backlog.
     pub(crate) accept_hint: AtomicBool,
+    /// In a shutdown: the loop has accepted its last connections and left
+    /// the listener, which the supervisor may now close.
+    pub(crate) accepted_final: AtomicBool,
     state: AtomicUsize,
     /// jemalloc arena of the loop, if jemalloc is the allocator.
     pub(crate) arena: Mutex<Option<u32>>,
@@ -244,6 +247,7 @@ impl LoopShared {
             abandoned: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             accept_hint: AtomicBool::new(false),
+            accepted_final: AtomicBool::new(false),
             state: AtomicUsize::new(0),
             arena: Mutex::new(None),
             waker: Mutex::new(None),

@@ -28,6 +28,13 @@ use verdict::{judge, Observation, Verdict};
 /// clients of a stalled loop reconnect).
 const SPAWN_READY_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// Longest wait, in a shutdown, for loops to accept their backlog before
+/// the listener is closed (a loop stuck in a handler never will).
+const LISTENER_GRACE: Duration = Duration::from_millis(100);
+
+/// The supervisor's period while a shutdown is in progress.
+const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
+
 /// Respawn delays for a slot whose loops keep dying at start.
 const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -55,6 +62,8 @@ pub(crate) fn start<F: ServiceFactory>(
         intensity: RestartIntensity::new(server.config.restart_limit, server.config.restart_window),
         cores,
         next_memory_check: Instant::now(),
+        shutdown_started: None,
+        listener_closed: false,
         shutdown_deadline: None,
         outcome: Outcome::Stopped,
     };
@@ -123,6 +132,8 @@ struct Supervisor<F> {
     intensity: RestartIntensity,
     cores: Vec<Option<usize>>,
     next_memory_check: Instant,
+    shutdown_started: Option<Instant>,
+    listener_closed: bool,
     shutdown_deadline: Option<Instant>,
     outcome: Outcome,
 }
@@ -131,7 +142,14 @@ impl<F: ServiceFactory> Supervisor<F> {
     fn run(mut self, inbox: Receiver<Command>) -> Outcome {
         let interval = self.server.config.effective_check_interval();
         loop {
-            match inbox.recv_timeout(interval) {
+            // A shutdown is followed closely: the listener closes as soon as
+            // the loops have taken their last connections.
+            let tick = if self.shutdown_deadline.is_some() {
+                interval.min(SHUTDOWN_TICK)
+            } else {
+                interval
+            };
+            match inbox.recv_timeout(tick) {
                 Ok(Command::Recycle(slot)) => self.recycle(slot, "requested"),
                 Ok(Command::Shutdown) => self.begin_shutdown(),
                 Ok(Command::Stop) => self.server.stop_now.store(true, Relaxed),
@@ -458,17 +476,37 @@ impl<F: ServiceFactory> Supervisor<F> {
         let timeout = self.server.config.shutdown_timeout;
         log::info!("shutdown: draining loops timeout={timeout:?}");
         self.server.draining.store(true, Relaxed);
+        self.shutdown_started = Some(Instant::now());
         self.shutdown_deadline = Some(Instant::now() + timeout);
-        // New clients are refused at once (a load balancer retries them
-        // elsewhere) instead of waiting in a backlog nobody accepts from.
-        self.refuse_new_connections();
         for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
             running.shared.start_draining();
         }
     }
 
+    /// Closes the listener once every loop has accepted what was in its
+    /// backlog (or after [`LISTENER_GRACE`], for loops stuck in a handler):
+    /// from then on new clients are refused at once (a load balancer
+    /// retries them elsewhere) instead of waiting in a backlog nobody
+    /// accepts from.
+    fn close_listener_when_accepted(&mut self, now: Instant) {
+        let Some(started) = self.shutdown_started else { return };
+        if self.listener_closed {
+            return;
+        }
+        let all_accepted = self
+            .slots
+            .iter()
+            .filter_map(|s| s.running.as_ref())
+            .all(|r| r.shared.accepted_final.load(Relaxed) || r.thread.is_finished());
+        if all_accepted || now >= started + LISTENER_GRACE {
+            self.refuse_new_connections();
+            self.listener_closed = true;
+        }
+    }
+
     /// True once every loop has drained, or the deadline cut the rest.
     fn shutdown_finished(&mut self, now: Instant) -> bool {
+        self.close_listener_when_accepted(now);
         let all_done = self
             .slots
             .iter()
