@@ -3,12 +3,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// IMF-fixdate of the current second, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+/// IMF-fixdate of the current second, e.g. `Sun, 06 Nov 1994 08:49:37 GMT`,
+/// and the start of a `200 OK` response with it, written in one copy.
 #[derive(Debug)]
 pub(crate) struct DateCache {
     secs: u64,
     text: [u8; 29],
+    preamble_200: [u8; PREAMBLE_200_LEN],
 }
+
+const PREAMBLE_200_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: ";
+const PREAMBLE_200_TAIL: &[u8] = b"\r\nContent-Length: ";
+const PREAMBLE_200_LEN: usize = PREAMBLE_200_HEAD.len() + 29 + PREAMBLE_200_TAIL.len();
 
 /// 9999-12-31T23:59:59Z: the last second whose year fits the fixed four digits.
 const MAX_SECS: u64 = 253_402_300_799;
@@ -20,7 +26,8 @@ const MONTH_NAMES: [&[u8; 3]; 12] = [
 
 impl DateCache {
     pub(crate) fn new() -> DateCache {
-        let mut cache = DateCache { secs: u64::MAX, text: [b' '; 29] };
+        let mut cache =
+            DateCache { secs: u64::MAX, text: [b' '; 29], preamble_200: [b' '; PREAMBLE_200_LEN] };
         cache.refresh(SystemTime::now());
         cache
     }
@@ -35,12 +42,24 @@ impl DateCache {
         if secs != self.secs {
             self.secs = secs;
             self.text = format_imf_fixdate(secs);
+            let (head, rest) = self.preamble_200.split_at_mut(PREAMBLE_200_HEAD.len());
+            let (date, tail) = rest.split_at_mut(29);
+            head.copy_from_slice(PREAMBLE_200_HEAD);
+            date.copy_from_slice(&self.text);
+            tail.copy_from_slice(PREAMBLE_200_TAIL);
         }
     }
 
     /// The 29 bytes of the current date.
     pub(crate) fn bytes(&self) -> &[u8; 29] {
         &self.text
+    }
+
+    /// `HTTP/1.1 200 OK`, `Server`, `Date` and the name of
+    /// `Content-Length`, up to its value: most responses start so, and one
+    /// copy of it costs less than four (about 100 instructions a response).
+    pub(crate) fn preamble_200(&self) -> &[u8] {
+        &self.preamble_200
     }
 }
 

@@ -300,6 +300,36 @@ fn authority(s: &[u8]) -> Option<Authority<'_>> {
     valid_port(port).then_some(Authority { host_empty: host.is_empty(), port })
 }
 
+/// The last Host value found valid on this thread.
+struct HostMemo {
+    len: usize,
+    bytes: [u8; 64],
+}
+
+thread_local! {
+    // Per thread, so per loop: a loop's clients send the same few Host
+    // values over and over, and comparing with the last good one costs
+    // less than checking it again (about 200 instructions for
+    // `127.0.0.1:8080`, a tenth of a request's user time).
+    static VALID_HOST: std::cell::RefCell<HostMemo> =
+        const { std::cell::RefCell::new(HostMemo { len: 0, bytes: [0; 64] }) };
+}
+
+/// `authority(value).is_some()`, remembered for the last valid value.
+fn host_is_valid(value: &[u8]) -> bool {
+    VALID_HOST.with_borrow_mut(|memo| {
+        if value.len() == memo.len && value == &memo.bytes[..memo.len] {
+            return true;
+        }
+        let valid = authority(value).is_some();
+        if valid && value.len() <= memo.bytes.len() {
+            memo.bytes[..value.len()].copy_from_slice(value);
+            memo.len = value.len();
+        }
+        valid
+    })
+}
+
 /// `*DIGIT` (RFC 3986 3.2.3), at most five of them.
 fn valid_port(port: Option<&[u8]>) -> bool {
     port.map_or(true, |port| port.len() <= 5 && port.iter().all(u8::is_ascii_digit))
@@ -361,7 +391,7 @@ impl Fields {
             match name.len() {
                 4 if name_is(name, b"host") => {
                     f.hosts += 1;
-                    if authority(trim_ows(h.value)).is_none() {
+                    if !host_is_valid(trim_ows(h.value)) {
                         return Err(Reject::new(400, "invalid Host"));
                     }
                 }
@@ -906,6 +936,21 @@ mod tests {
                     assert!(input[..head.len].ends_with(b"\r\n\r\n"), "{input:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn host_memo_agrees_with_authority() {
+        for value in [
+            &b"a.example:80"[..],
+            b"a b",
+            b"a.example:80",
+            b"",
+            b"u@h",
+            b"[::1]:8080",
+            b"a.example:80",
+        ] {
+            assert_eq!(host_is_valid(value), authority(value).is_some(), "{value:?}");
         }
     }
 

@@ -186,11 +186,14 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     let mut close = !enc.keep_alive || res.close || status == 101;
     let mut fields_len = 0;
     for (name, value) in &res.headers {
-        if !is_token(name) || value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
-            log::error!("service set an invalid header field {name:?}: {value:?}; sending 500");
-            return encode_error(res, enc, date, out);
+        match field_kind(name, value) {
+            FieldKind::Invalid => {
+                log::error!("service set an invalid header field {name:?}: {value:?}; sending 500");
+                return encode_error(res, enc, date, out);
+            }
+            FieldKind::Connection => close |= has_close_token(value),
+            FieldKind::Plain | FieldKind::ServerOwned => {}
         }
-        close |= name.eq_ignore_ascii_case("connection") && has_close_token(value);
         fields_len += name.len() + value.len() + 4;
     }
 
@@ -204,20 +207,25 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     out.reserve(160 + fields_len + body_out.len());
 
     if status == 200 {
-        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nServer: vigil\r\nDate: ");
+        // framed: a 200 always has a Content-Length.
+        out.extend_from_slice(date.preamble_200());
+        decimal_line(out, body.len() as u64);
     } else {
         status_line(out, status);
         out.extend_from_slice(b"Server: vigil\r\nDate: ");
+        out.extend_from_slice(date.bytes());
+        if framed {
+            out.extend_from_slice(b"\r\nContent-Length: ");
+            decimal_line(out, body.len() as u64);
+        } else {
+            out.extend_from_slice(b"\r\n");
+        }
     }
-    out.extend_from_slice(date.bytes());
-    if framed {
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        decimal(out, body.len() as u64);
-    }
-    out.extend_from_slice(b"\r\n");
     for (name, value) in &res.headers {
-        if is_server_owned(name) || (close && name.eq_ignore_ascii_case("connection")) {
-            continue;
+        match field_kind(name, value) {
+            FieldKind::ServerOwned => continue,
+            FieldKind::Connection if close => continue,
+            _ => {}
         }
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -231,6 +239,65 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     }
     out.extend_from_slice(body_out);
     !close
+}
+
+/// What a service-set header field is to the encoder.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FieldKind {
+    /// Written as it is.
+    Plain,
+    /// `Connection`: may ask to close; dropped when we send our own.
+    Connection,
+    /// `Content-Length`, `Transfer-Encoding`, `Date`: ours, dropped.
+    ServerOwned,
+    /// Not a token name, or CR/LF/NUL in the value: the response is a 500.
+    Invalid,
+}
+
+fn classify(name: &str, value: &str) -> FieldKind {
+    if !is_token(name) || value.bytes().any(|b| matches!(b, b'\r' | b'\n' | b'\0')) {
+        FieldKind::Invalid
+    } else if is_server_owned(name) {
+        FieldKind::ServerOwned
+    } else if name.eq_ignore_ascii_case("connection") {
+        FieldKind::Connection
+    } else {
+        FieldKind::Plain
+    }
+}
+
+/// A field of `&'static str` name and value, by address, with its kind.
+type StaticField = (usize, usize, usize, usize, FieldKind);
+
+/// Fields seen most recently on this thread (so per loop).
+const STATIC_FIELDS: usize = 8;
+
+thread_local! {
+    // Services set the same static fields on every response (`Content-Type:
+    // text/plain`); classifying one means reading every byte of it twice,
+    // while a string that lives for the whole program never changes, so
+    // its address is enough to know it was checked (about 150 instructions
+    // a response).
+    static KNOWN_FIELDS: std::cell::RefCell<([Option<StaticField>; STATIC_FIELDS], usize)> =
+        const { std::cell::RefCell::new(([None; STATIC_FIELDS], 0)) };
+}
+
+/// `classify`, remembered for static fields.
+fn field_kind(name: &Cow<'static, str>, value: &Cow<'static, str>) -> FieldKind {
+    let (Cow::Borrowed(name), Cow::Borrowed(value)) = (name, value) else {
+        return classify(name, value);
+    };
+    let key = (name.as_ptr() as usize, name.len(), value.as_ptr() as usize, value.len());
+    KNOWN_FIELDS.with_borrow_mut(|(known, next)| {
+        let hit = known.iter().flatten().find(|f| (f.0, f.1, f.2, f.3) == key);
+        if let Some(field) = hit {
+            return field.4;
+        }
+        let kind = classify(name, value);
+        known[*next] = Some((key.0, key.1, key.2, key.3, kind));
+        *next = (*next + 1) % STATIC_FIELDS;
+        kind
+    })
 }
 
 /// The 500 that replaces a response the service got wrong. The request
@@ -342,6 +409,14 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
 fn decimal(out: &mut Vec<u8>, n: u64) {
     let mut buf = [0; 20];
     out.extend_from_slice(digits(&mut buf, n));
+}
+
+/// `n` in decimal and CRLF, in one copy.
+fn decimal_line(out: &mut Vec<u8>, n: u64) {
+    let mut buf = [0; 22];
+    buf[20..].copy_from_slice(b"\r\n");
+    let len = digits(&mut buf[..20], n).len();
+    out.extend_from_slice(&buf[20 - len..]);
 }
 
 fn digits(buf: &mut [u8], mut n: u64) -> &[u8] {
@@ -586,6 +661,25 @@ mod tests {
         res.body(vec![0; 64 * 1024 + 1]);
         res.reset();
         assert!(matches!(res.body, Body::Static(b"")), "a large buffer is let go");
+    }
+
+    #[test]
+    fn static_fields_are_classified_like_any_other() {
+        for _ in 0..3 {
+            for (name, value) in [
+                ("Content-Type", "text/plain"),
+                ("content-length", "5"),
+                ("Connection", "close"),
+                ("X-Bad", "a\r\nb"),
+                ("Bad Name", "v"),
+            ] {
+                let (borrowed_name, borrowed_value) = (Cow::Borrowed(name), Cow::Borrowed(value));
+                let owned =
+                    field_kind(&Cow::Owned(name.to_string()), &Cow::Owned(value.to_string()));
+                assert_eq!(field_kind(&borrowed_name, &borrowed_value), owned, "{name}: {value}");
+                assert_eq!(owned, classify(name, value));
+            }
+        }
     }
 
     #[test]
