@@ -129,6 +129,8 @@ pub(crate) struct Conn {
     closing: Closing,
     /// Reading stopped because the client is not reading its responses.
     read_paused: bool,
+    /// An event reported the peer's FIN: read until EOF, not just EAGAIN.
+    peer_closed: bool,
     pub(crate) deadline: Instant,
     timer: Timer,
     /// This connection's slab key, which offloaded work reports back to.
@@ -166,6 +168,7 @@ impl Conn {
             sent_continue: false,
             closing: Closing::Open,
             read_paused: false,
+            peer_closed: false,
             // A new connection gets the header timeout to send its request.
             deadline: now + header_timeout,
             timer: Timer::Idle,
@@ -299,10 +302,7 @@ impl Conn {
         if consumed < n && self.closing == Closing::Open {
             self.input.extend_from_slice(&scratch[consumed..n]);
         }
-        // A short read emptied the socket: with edge-triggered readiness a
-        // later arrival raises a new event, so the usual extra read that
-        // only returns EAGAIN can be saved (about 0.4 us per request).
-        Ok(if n < scratch.len() { ReadResult::Drained } else { ReadResult::More })
+        Ok(self.after_read(n, scratch.len()))
     }
 
     fn read_into_own_buffer<F: ServiceFactory>(
@@ -337,7 +337,27 @@ impl Conn {
         if self.input.capacity() > 4 * SLOW_READ_CHUNK && self.input.len() < SLOW_READ_CHUNK {
             self.input.shrink_to(SLOW_READ_CHUNK);
         }
-        Ok(if n < SLOW_READ_CHUNK { ReadResult::Drained } else { ReadResult::More })
+        Ok(self.after_read(n, SLOW_READ_CHUNK))
+    }
+
+    /// Whether a read of `n` bytes into `room` emptied the socket.
+    ///
+    /// A short read did: with edge-triggered readiness a later arrival
+    /// raises a new event, so the usual extra read that only returns EAGAIN
+    /// can be saved (about 0.4 us per request). Not so once the peer has
+    /// closed its side: its FIN may have come with the data, and raises no
+    /// event of its own after this read.
+    fn after_read(&self, n: usize, room: usize) -> ReadResult {
+        if n < room && !self.peer_closed {
+            ReadResult::Drained
+        } else {
+            ReadResult::More
+        }
+    }
+
+    /// An event said the peer closed its side (EPOLLRDHUP/EPOLLHUP).
+    pub(crate) fn note_peer_closed(&mut self) {
+        self.peer_closed = true;
     }
 
     /// Handles every complete request at the start of `buf`; returns how

@@ -195,9 +195,13 @@ impl<F: ServiceFactory> EventLoop<F> {
                         }
                     }
                     Token(key) => {
-                        let readable =
-                            event.is_readable() || event.is_read_closed() || event.is_error();
-                        self.on_conn_event(key, readable, event.is_writable());
+                        let closed = event.is_read_closed() || event.is_error();
+                        if closed {
+                            if let Some(conn) = self.conns.get_mut(key) {
+                                conn.note_peer_closed();
+                            }
+                        }
+                        self.on_conn_event(key, event.is_readable() || closed, event.is_writable());
                     }
                 }
                 if self.d.abandoned {

@@ -283,6 +283,9 @@ thread_local! {
 }
 
 /// `classify`, remembered for static fields.
+// `&Cow`, not `&str`: whether the string is borrowed for 'static is the
+// point.
+#[allow(clippy::ptr_arg)]
 fn field_kind(name: &Cow<'static, str>, value: &Cow<'static, str>) -> FieldKind {
     let (Cow::Borrowed(name), Cow::Borrowed(value)) = (name, value) else {
         return classify(name, value);
