@@ -32,6 +32,15 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// first, and a burst of connections is shared.
 const ACCEPTS_PER_REARM: u32 = 16;
 
+/// A loop holding more than its share of connections stops accepting for
+/// this long. Re-arming alone leaves spreads like 20/45 over two loops when
+/// 64 clients connect at once; a pause of a few wake-ups evens them out.
+const BALANCE_PAUSE: Duration = Duration::from_millis(20);
+
+/// Below this many connections a loop takes what comes: an uneven spread of
+/// a few connections costs nothing.
+const BALANCE_MIN_CONNECTIONS: usize = 8;
+
 /// How long accepting pauses when the process is out of file descriptors,
 /// instead of spinning on a listener that stays readable.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -305,10 +314,27 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// makes the next loop accept too.
     fn accept_and_share(&mut self) {
         let backlog_left = self.accept_batch();
+        if self.holds_more_than_its_share() {
+            // Leave new connections to the others for a moment (the
+            // listener is level-triggered: the next waiting loop gets them).
+            self.stop_listening();
+            self.accept_paused_until = Some(self.d.now + BALANCE_PAUSE);
+            self.server.nudge_next_loop(self.d.shared.slot);
+            return;
+        }
         self.rearm_if_due();
         if backlog_left {
             self.server.nudge_next_loop(self.d.shared.slot);
         }
+    }
+
+    /// More than a quarter over an even share of the open connections
+    /// (and enough of them for the difference to matter).
+    fn holds_more_than_its_share(&self) -> bool {
+        let loops = self.server.config.loops;
+        let mine = self.conns.len();
+        let total = self.server.open_connections.load(Relaxed);
+        loops > 1 && mine >= BALANCE_MIN_CONNECTIONS && mine * 4 * loops > total * 5
     }
 
     /// Accepts up to the re-arm limit; true when it stopped at the limit.
