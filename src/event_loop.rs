@@ -37,6 +37,10 @@ const ACCEPTS_PER_REARM: u32 = 16;
 /// 64 clients connect at once; a pause of a few wake-ups evens them out.
 const BALANCE_PAUSE: Duration = Duration::from_millis(20);
 
+/// How long a loop keeps accepting without pausing after a pause in which
+/// no other loop accepted anything.
+const BALANCE_SUSPEND: Duration = Duration::from_secs(1);
+
 /// Below this many connections a loop takes what comes: an uneven spread of
 /// a few connections costs nothing.
 const BALANCE_MIN_CONNECTIONS: usize = 8;
@@ -108,6 +112,10 @@ struct EventLoop<F: ServiceFactory> {
     listening: bool,
     /// Accepts since the listener was last (re-)added.
     accepts_since_rearm: u32,
+    /// The server's accept count when this loop paused to balance.
+    accepted_before_pause: Option<u64>,
+    /// No balancing pauses until then (see `resume_accepting_if_due`).
+    balance_suspended_until: Option<Instant>,
     accept_paused_until: Option<Instant>,
     /// Connections whose read budget ran out with input possibly left.
     deferred: Vec<usize>,
@@ -161,6 +169,8 @@ impl<F: ServiceFactory> EventLoop<F> {
             server,
             listening: false,
             accepts_since_rearm: 0,
+            accepted_before_pause: None,
+            balance_suspended_until: None,
             accept_paused_until: None,
             deferred: Vec::new(),
             next_sweep: now + sweep_every,
@@ -314,11 +324,14 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// makes the next loop accept too.
     fn accept_and_share(&mut self) {
         let backlog_left = self.accept_batch();
-        if self.holds_more_than_its_share() {
+        let balancing_allowed =
+            self.balance_suspended_until.map_or(true, |until| self.d.now >= until);
+        if balancing_allowed && self.holds_more_than_its_share() {
             // Leave new connections to the others for a moment (the
             // listener is level-triggered: the next waiting loop gets them).
             self.stop_listening();
             self.accept_paused_until = Some(self.d.now + BALANCE_PAUSE);
+            self.accepted_before_pause = Some(self.server.accepted_total.load(Relaxed));
             self.server.nudge_next_loop(self.d.shared.slot);
             return;
         }
@@ -394,6 +407,12 @@ impl<F: ServiceFactory> EventLoop<F> {
     fn resume_accepting_if_due(&mut self) {
         if self.accept_paused_until.is_some_and(|until| self.d.now >= until) {
             self.accept_paused_until = None;
+            // Nobody accepted while this loop stood aside: the others are
+            // stuck (or there was nothing to accept). Standing aside again
+            // would only delay new clients until a stalled loop is replaced.
+            if self.accepted_before_pause.take() == Some(self.server.accepted_total.load(Relaxed)) {
+                self.balance_suspended_until = Some(self.d.now + BALANCE_SUSPEND);
+            }
             if !self.d.draining {
                 if let Err(err) = self.listen() {
                     log::error!("loop {} could not resume accepting: {err}", self.d.shared.name());
@@ -444,6 +463,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         entry.insert(Conn::new(stream, key, clean, self.d.now, self.d.header_timeout));
         self.d.shared.open_connections.fetch_add(1, Relaxed);
         self.d.shared.counters.accepted.fetch_add(1, Relaxed);
+        server.accepted_total.fetch_add(1, Relaxed);
         // Clients send their request right after connecting, so it is
         // usually here already: reading now saves a trip through epoll_wait
         // per connection (a third of the syscalls of a `Connection: close`

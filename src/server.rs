@@ -30,6 +30,8 @@ pub(crate) struct ServerShared {
     pub(crate) started: Instant,
     /// Open connections over all loops, for `max_connections`.
     pub(crate) open_connections: AtomicUsize,
+    /// Connections accepted by any loop, ever (see `EventLoop::accept_and_share`).
+    pub(crate) accepted_total: AtomicU64,
     /// A graceful shutdown is in progress.
     pub(crate) draining: AtomicBool,
     /// Stop at once: loops close everything and exit.
@@ -147,6 +149,7 @@ impl<F: ServiceFactory> Server<F> {
             local_addr,
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
+            accepted_total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             stop_now: AtomicBool::new(false),
             slots,
