@@ -260,7 +260,18 @@ impl<F: ServiceFactory> Supervisor<F> {
             taken
         };
         let migrated = taken.clean.len();
+        // If the replacement cannot start, its sockets die with the thread
+        // that was never created; these copies let their clients see a
+        // close instead of waiting for the stuck loop.
+        let fallback: Vec<OwnedFd> =
+            taken.clean.iter().filter_map(|fd| fd.try_clone().ok()).collect();
         let replacement = self.next_generation(slot, taken.clean);
+        if replacement.is_none() {
+            for fd in &fallback {
+                let _ = sys::shutdown_both(fd);
+            }
+        }
+        drop(fallback);
         old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
         let shared = old.shared.clone();
         self.abandoned.push(old);
@@ -297,7 +308,7 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     /// Spawns the next generation into `slot`, serving `adopt` from the
     /// start; on failure schedules a retry (the adopted sockets are then
-    /// lost with the thread that could not start).
+    /// dropped with the thread that could not start).
     fn next_generation(&mut self, slot: usize, adopt: Vec<OwnedFd>) -> Option<u32> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
