@@ -98,3 +98,54 @@ fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> Option
     }
     child.wait().unwrap().code()
 }
+
+#[test]
+fn mem_warn_logs_once_when_a_loop_crosses_it() {
+    let admin_port =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("127.0.0.1:{admin_port}");
+    let (mut child, addr, stderr) = spawn_vigil(&[
+        "--loops",
+        "1",
+        "--demo",
+        "--mem-warn",
+        "16MiB",
+        "--mem-interval",
+        "20ms",
+        "--admin",
+        &admin,
+    ]);
+    let (lines_tx, lines) = crossbeam_channel::unbounded();
+    let reader = std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut client = util::Client::new(addr);
+    client.send(b"GET /alloc?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.reply().status, 200);
+    let warning = loop {
+        let line = lines.recv_timeout(Duration::from_secs(10)).expect("a memory warning");
+        if line.contains("using too much memory") {
+            break line;
+        }
+    };
+    assert!(warning.contains("loop 0.0") && warning.contains("mem_warn=16777216"), "{warning}");
+    // More memory, still over the threshold, and a reading that shows it:
+    // no second warning for the same crossing.
+    client.send(b"GET /alloc?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(client.reply().status, 200);
+    let allocated = || -> Option<u64> {
+        let mut admin_client =
+            util::Client::from_stream(std::net::TcpStream::connect(&admin).ok()?);
+        admin_client.send(b"GET /loops HTTP/1.1\r\nHost: a\r\n\r\n");
+        let json: serde_json::Value = serde_json::from_slice(&admin_client.reply().body).ok()?;
+        json["loops"][0]["memory"]["allocated"].as_u64()
+    };
+    assert!(util::eventually(Duration::from_secs(10), || allocated() >= Some(40 << 20)));
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let repeats = lines.try_iter().filter(|l| l.contains("using too much memory")).count();
+    assert_eq!(repeats, 0, "warned once per crossing");
+}
