@@ -144,9 +144,8 @@ pub(crate) struct Conn {
 
 #[derive(Debug)]
 enum Pending {
-    /// Offloaded job `id`, not back yet, for a HEAD request or not, and
-    /// whether the connection may stay open after it.
-    Waiting { id: u64, head_request: bool, keep_alive: bool },
+    /// Offloaded job `id`, not back yet, and how its response is framed.
+    Waiting { id: u64, encoding: Encoding },
     /// An encoded response waiting for the ones before it.
     Ready { bytes: Vec<u8>, keep_alive: bool },
 }
@@ -525,15 +524,14 @@ impl Conn {
             d.abandoned = true;
             return;
         }
-        if head.version == crate::Version::Http10 && encoding_keeps_alive(head, d) {
-            // An HTTP/1.0 client keeps the connection only when told to.
-            d.response.header("Connection", "keep-alive");
-        }
-        let head_request = head.method == "HEAD";
-        let encoding = Encoding { head_request, keep_alive: encoding_keeps_alive(head, d) };
+        let encoding = Encoding {
+            head_request: head.method == "HEAD",
+            keep_alive: encoding_keeps_alive(head, d),
+            http10: head.version == crate::Version::Http10,
+        };
         if outcome.is_ok() {
             if let Some(work) = d.response.offload.take() {
-                self.offload(work, head_request, encoding.keep_alive, d);
+                self.offload(work, encoding, d);
                 return;
             }
         }
@@ -542,10 +540,7 @@ impl Conn {
             Ok(()) => response::encode(&d.response, encoding, &d.date, &mut d.out),
             Err(payload) => {
                 handler_panicked(&req, payload.as_ref(), d);
-                let mut failure = Response::new();
-                failure.status(500).body_static(b"500 Internal Server Error\n");
-                failure.header("Content-Type", "text/plain");
-                response::encode(&failure, encoding, &d.date, &mut d.out)
+                response::encode(&response::internal_error(), encoding, &d.date, &mut d.out)
             }
         };
         self.queue_if_behind_offload(start, keep_alive, d);
@@ -572,8 +567,7 @@ impl Conn {
     fn offload<F: ServiceFactory>(
         &mut self,
         work: crate::offload::Work,
-        head_request: bool,
-        keep_alive: bool,
+        encoding: Encoding,
         d: &mut Dispatch<F>,
     ) {
         let id = d.next_job_id;
@@ -587,13 +581,12 @@ impl Conn {
             id,
         };
         match d.offload.submit(job) {
-            Ok(()) => self.pending.push_back(Pending::Waiting { id, head_request, keep_alive }),
+            Ok(()) => self.pending.push_back(Pending::Waiting { id, encoding }),
             Err(_job) => {
                 let mut busy = Response::new();
                 busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
                 busy.body_static(b"503 Service Unavailable: offload queue full\n");
                 let start = d.out.len();
-                let encoding = Encoding { head_request, keep_alive };
                 let keep_alive = response::encode(&busy, encoding, &d.date, &mut d.out);
                 self.queue_if_behind_offload(start, keep_alive, d);
                 if !keep_alive {
@@ -618,21 +611,17 @@ impl Conn {
         else {
             return Next::Wait; // not ours: an older connection with this key
         };
-        let Pending::Waiting { head_request, keep_alive, .. } = *slot else { unreachable!() };
-        let keep_alive = keep_alive && !d.draining;
+        let Pending::Waiting { mut encoding, .. } = *slot else { unreachable!() };
+        encoding.keep_alive &= !d.draining;
         let mut bytes = Vec::new();
         let response = completion.result.unwrap_or_else(|panic| {
             log::error!(
                 "loop {} offloaded work panicked panic={panic:?}; answered 500",
                 d.shared.name()
             );
-            let mut failure = Response::new();
-            failure.status(500).header("Content-Type", "text/plain");
-            failure.body_static(b"500 Internal Server Error\n");
-            failure
+            response::internal_error()
         });
-        let keep_alive =
-            response::encode(&response, Encoding { head_request, keep_alive }, &d.date, &mut bytes);
+        let keep_alive = response::encode(&response, encoding, &d.date, &mut bytes);
         *slot = Pending::Ready { bytes, keep_alive };
         while let Some(Pending::Ready { .. }) = self.pending.front() {
             let Some(Pending::Ready { bytes, keep_alive }) = self.pending.pop_front() else {

@@ -95,7 +95,7 @@ pub mod __bench {
 
         /// Appends the response to `out`; whether the connection stays open.
         pub fn encode(&self, out: &mut Vec<u8>) -> bool {
-            let enc = response::Encoding { head_request: false, keep_alive: true };
+            let enc = response::Encoding { head_request: false, keep_alive: true, http10: false };
             response::encode(&self.res, enc, &self.date, out)
         }
     }

@@ -162,6 +162,9 @@ pub(crate) struct Encoding {
     pub(crate) head_request: bool,
     /// Keep the connection open afterwards; `false` adds `Connection: close`.
     pub(crate) keep_alive: bool,
+    /// An HTTP/1.0 request: a connection kept open must say so
+    /// (`Connection: keep-alive`), or the client waits for the close.
+    pub(crate) http10: bool,
 }
 
 /// Appends `res` to `out` as an HTTP/1.1 response with `Server`, `Date`,
@@ -221,10 +224,12 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
             out.extend_from_slice(b"\r\n");
         }
     }
+    // Ours replaces any `Connection` field the service set.
+    let own_connection = close || enc.http10;
     for (name, value) in &res.headers {
         match field_kind(name, value) {
             FieldKind::ServerOwned => continue,
-            FieldKind::Connection if close => continue,
+            FieldKind::Connection if own_connection => continue,
             _ => {}
         }
         out.extend_from_slice(name.as_bytes());
@@ -234,11 +239,21 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     }
     if close {
         out.extend_from_slice(b"Connection: close\r\n\r\n");
+    } else if enc.http10 {
+        out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
     } else {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(body_out);
     !close
+}
+
+/// The 500 sent for a handler or offloaded work that panicked.
+pub(crate) fn internal_error() -> Response {
+    let mut failure = Response::new();
+    failure.status(500).header("Content-Type", "text/plain");
+    failure.body_static(b"500 Internal Server Error\n");
+    failure
 }
 
 /// What a service-set header field is to the encoder.
@@ -468,9 +483,9 @@ mod tests {
         date
     }
 
-    const KEEP: Encoding = Encoding { head_request: false, keep_alive: true };
-    const CLOSE: Encoding = Encoding { head_request: false, keep_alive: false };
-    const HEAD: Encoding = Encoding { head_request: true, keep_alive: true };
+    const KEEP: Encoding = Encoding { head_request: false, keep_alive: true, http10: false };
+    const CLOSE: Encoding = Encoding { head_request: false, keep_alive: false, http10: false };
+    const HEAD: Encoding = Encoding { head_request: true, keep_alive: true, http10: false };
 
     fn encoded(res: &Response, enc: Encoding) -> (String, bool) {
         let mut out = b"previous".to_vec();
@@ -664,6 +679,19 @@ mod tests {
         res.body(vec![0; 64 * 1024 + 1]);
         res.reset();
         assert!(matches!(res.body, Body::Static(b"")), "a large buffer is let go");
+    }
+
+    #[test]
+    fn http10_keep_alive_is_announced_once() {
+        let enc = Encoding { head_request: false, keep_alive: true, http10: true };
+        let mut res = Response::new();
+        res.header("Connection", "keep-alive").body_static(b"x");
+        let (text, open) = encoded(&res, enc);
+        assert!(open);
+        assert_eq!(text.matches("Connection: keep-alive\r\n").count(), 1, "{text}");
+        let (text, open) = encoded(&res, Encoding { keep_alive: false, ..enc });
+        assert!(!open);
+        assert!(text.contains("Connection: close\r\n") && !text.contains("keep-alive"), "{text}");
     }
 
     #[test]
