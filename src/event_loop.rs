@@ -16,7 +16,7 @@ use crate::conn::{self, Conn, Dispatch, Next};
 use crate::http::date::DateCache;
 use crate::offload::Completion;
 use crate::server::ServerShared;
-use crate::shared::{CleanFlag, LoopShared, LoopState};
+use crate::shared::{lock, CleanFlag, LoopShared, LoopState};
 use crate::sys::{self, sort_io_error, IoVerdict};
 use crate::{memory, Response, ServiceFactory};
 
@@ -76,7 +76,7 @@ pub(crate) fn spawn<F: ServiceFactory>(
                 log::warn!("loop {} could not be pinned to core {core}", shared.name());
             }
         }
-        *shared.arena.lock().unwrap_or_else(|p| p.into_inner()) = memory::bind_thread_arena();
+        *lock(&shared.arena) = memory::bind_thread_arena();
         let service = factory.new_service(shared.slot);
         match EventLoop::new(shared.clone(), server, factory, service) {
             Ok(event_loop) => {
@@ -93,8 +93,8 @@ struct ExitGuard(Arc<LoopShared>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        if let Some(arena) = *self.0.arena.lock().unwrap_or_else(|p| p.into_inner()) {
-            memory::release_arena(arena);
+        if let Some(arena) = *lock(&self.0.arena) {
+            memory::purge_arena(arena);
         }
         self.0.set_state(LoopState::Exited);
     }
@@ -133,7 +133,7 @@ impl<F: ServiceFactory> EventLoop<F> {
     ) -> io::Result<Self> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        *shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker.clone());
+        *lock(&shared.waker) = Some(waker.clone());
         let (completions_tx, completions) = crossbeam_channel::unbounded();
         let config = &server.config;
         // Timers are checked by a sweep over the connections; a quarter of

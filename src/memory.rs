@@ -56,7 +56,7 @@ pub(crate) fn bind_thread_arena() -> Option<u32> {
 }
 
 /// Returns the free pages of an exiting loop's arena to the system.
-pub(crate) fn release_arena(arena: u32) {
+pub(crate) fn purge_arena(arena: u32) {
     let name = format!("arena.{arena}.purge\0");
     // SAFETY: `arena.<i>.purge` takes no value (a void write).
     if let Err(err) = unsafe { raw::write::<()>(name.as_bytes(), ()) } {

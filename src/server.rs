@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::config::{Config, ConfigError};
 use crate::memory::{ArenaStats, ProcessMemory};
-use crate::shared::{LoopShared, LoopState, SlotCounters};
+use crate::shared::{lock, LoopShared, LoopState, SlotCounters};
 use crate::supervisor::{self, Command};
 use crate::{sys, Limits, ServiceFactory};
 
@@ -58,13 +58,13 @@ pub(crate) struct MemoryReport {
 
 impl ServerShared {
     fn current_loops(&self) -> Vec<Arc<LoopShared>> {
-        self.loops.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        lock(&self.loops).clone()
     }
 
     /// Asks the loop after `slot` to accept what is left in the backlog.
     pub(crate) fn nudge_next_loop(&self, slot: usize) {
         let next = {
-            let loops = self.loops.lock().unwrap_or_else(|p| p.into_inner());
+            let loops = lock(&self.loops);
             if loops.len() < 2 {
                 return;
             }
@@ -277,7 +277,7 @@ impl Control {
     /// Counters and states of every loop, read now.
     pub fn snapshot(&self) -> Snapshot {
         let shared = &self.shared;
-        let memory = shared.memory.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let memory = lock(&shared.memory).clone();
         let describe = |l: &Arc<LoopShared>| {
             let counters = &l.counters;
             LoopSnapshot {
@@ -304,13 +304,7 @@ impl Control {
             }
         };
         let loops: Vec<LoopSnapshot> = shared.current_loops().iter().map(describe).collect();
-        let abandoned: Vec<LoopSnapshot> = shared
-            .abandoned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(describe)
-            .collect();
+        let abandoned: Vec<LoopSnapshot> = lock(&shared.abandoned).iter().map(describe).collect();
         Snapshot {
             uptime_seconds: shared.started.elapsed().as_secs_f64(),
             ready: self.is_ready(),

@@ -267,15 +267,14 @@ impl LoopShared {
         self.state.store(state as usize, Relaxed);
     }
 
-    /// The registry lock. A poisoned lock only means a loop panicked while
-    /// holding it; the fd list itself is still consistent.
+    /// The registry lock (see `lock` for poisoning).
     pub(crate) fn registry(&self) -> MutexGuard<'_, FdRegistry> {
-        self.registry.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.registry)
     }
 
     /// Wakes the loop so it notices a flag set from outside.
     pub(crate) fn wake(&self) {
-        let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let waker = lock(&self.waker).clone();
         if let Some(waker) = waker {
             if let Err(err) = waker.wake() {
                 log::debug!("loop {} wake failed: {err}", self.name());
@@ -288,6 +287,13 @@ impl LoopShared {
         self.draining.store(true, Relaxed);
         self.wake();
     }
+}
+
+/// Locks `mutex`, poisoned or not. A panic while it was held (a loop that
+/// died) leaves plain data behind, never half-written invariants, so there
+/// is nothing to refuse.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The message of a panic payload, for the log.

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::event_loop;
 use crate::memory;
 use crate::server::{MemoryReport, Outcome, ServerShared};
-use crate::shared::{panic_message, LoopShared, LoopState};
+use crate::shared::{lock, panic_message, LoopShared, LoopState};
 use crate::sys;
 use crate::ServiceFactory;
 use intensity::RestartIntensity;
@@ -196,17 +196,23 @@ impl<F: ServiceFactory> Supervisor<F> {
         Ok(Running { shared, thread })
     }
 
+    /// The current loop of each slot.
+    fn current(&self) -> impl Iterator<Item = &Running> {
+        self.slots.iter().filter_map(|slot| slot.running.as_ref())
+    }
+
+    /// Every loop that serves or finishes serving: current and retiring.
+    fn live(&self) -> impl Iterator<Item = &Running> {
+        self.current().chain(&self.retiring)
+    }
+
     /// Makes the snapshot's list of current loops match the slots.
     fn publish_loops(&self) {
-        let current: Vec<Arc<LoopShared>> = self
-            .slots
-            .iter()
-            .filter_map(|slot| slot.running.as_ref().map(|r| r.shared.clone()))
-            .collect();
-        *self.server.loops.lock().unwrap_or_else(|p| p.into_inner()) = current;
+        let current: Vec<Arc<LoopShared>> = self.current().map(|r| r.shared.clone()).collect();
+        *lock(&self.server.loops) = current;
         let abandoned: Vec<Arc<LoopShared>> =
             self.abandoned.iter().map(|r| r.shared.clone()).collect();
-        *self.server.abandoned.lock().unwrap_or_else(|p| p.into_inner()) = abandoned;
+        *lock(&self.server.abandoned) = abandoned;
     }
 
     fn check_loops(&mut self, now: Instant) {
@@ -427,19 +433,13 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     fn check_memory(&mut self) {
         if !memory::advance_epoch() {
-            let mut report = self.server.memory.lock().unwrap_or_else(|p| p.into_inner());
+            let mut report = lock(&self.server.memory);
             *report = MemoryReport { process: Some(memory::process_memory()), arenas: Vec::new() };
             return;
         }
         let mut arenas = Vec::new();
-        let all = self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .chain(self.abandoned.iter())
-            .chain(self.retiring.iter());
-        for running in all {
-            let arena = *running.shared.arena.lock().unwrap_or_else(|p| p.into_inner());
+        for running in self.live().chain(&self.abandoned) {
+            let arena = *lock(&running.shared.arena);
             if let Some(stats) = arena.and_then(memory::arena_stats) {
                 arenas.push(((running.shared.slot, running.shared.generation), stats));
             }
@@ -469,7 +469,7 @@ impl<F: ServiceFactory> Supervisor<F> {
                 over_limit.push((slot, stats.allocated));
             }
         }
-        *self.server.memory.lock().unwrap_or_else(|p| p.into_inner()) =
+        *lock(&self.server.memory) =
             MemoryReport { process: Some(memory::process_memory()), arenas };
         for (slot, allocated) in over_limit {
             log::warn!(
@@ -489,7 +489,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.server.draining.store(true, Relaxed);
         self.shutdown_started = Some(Instant::now());
         self.shutdown_deadline = Some(Instant::now() + timeout);
-        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
+        for running in self.live() {
             running.shared.start_draining();
         }
     }
@@ -504,11 +504,8 @@ impl<F: ServiceFactory> Supervisor<F> {
         if self.listener_closed {
             return;
         }
-        let all_accepted = self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .all(|r| r.shared.accepted_final.load(Relaxed) || r.thread.is_finished());
+        let all_accepted =
+            self.current().all(|r| r.shared.accepted_final.load(Relaxed) || r.thread.is_finished());
         if all_accepted || now >= started + LISTENER_GRACE {
             self.refuse_new_connections();
             self.listener_closed = true;
@@ -518,12 +515,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// True once every loop has drained, or the deadline cut the rest.
     fn shutdown_finished(&mut self, now: Instant) -> bool {
         self.close_listener_when_accepted(now);
-        let all_done = self
-            .slots
-            .iter()
-            .filter_map(|s| s.running.as_ref())
-            .chain(&self.retiring)
-            .all(|r| r.thread.is_finished());
+        let all_done = self.live().all(|r| r.thread.is_finished());
         if all_done {
             self.finish("drained");
             return true;
@@ -539,13 +531,13 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     fn stop_all(&mut self) {
         self.server.stop_now.store(true, Relaxed);
-        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
+        for running in self.live() {
             running.shared.wake();
         }
         // Loops close their connections at their next wake-up; a loop stuck
         // in a handler cannot, and is left behind.
         let deadline = Instant::now() + Duration::from_millis(500);
-        for running in self.slots.iter().filter_map(|s| s.running.as_ref()).chain(&self.retiring) {
+        for running in self.live() {
             while !running.thread.is_finished() && Instant::now() < deadline {
                 thread::park_timeout(Duration::from_millis(5));
             }
