@@ -38,6 +38,8 @@ fn memory_figures_are_unavailable_but_serving_is_not() {
         if snapshot.memory.is_some() || Instant::now() > deadline {
             break snapshot;
         }
+        // sleep-ok: polls the snapshot, which the supervisor refreshes
+        // every mem_interval without announcing it.
         std::thread::sleep(Duration::from_millis(5));
     };
     let process = snapshot.memory.expect("process memory is read");

@@ -172,6 +172,8 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         if Instant::now() >= deadline {
             return false;
         }
+        // sleep-ok: a poll interval, not a wait for an outcome; the state
+        // polled (snapshots, exit status) announces no event to wait on.
         std::thread::sleep(Duration::from_millis(5));
     }
 }
