@@ -20,14 +20,30 @@
 //! .expect("listen on 127.0.0.1:8080");
 //! handle.wait();
 //! ```
+//!
+//! # Layout
+//!
+//! The modules depend on each other in one direction only:
+//! `server -> {supervisor, admin, control} -> event_loop -> conn -> http`,
+//! all resting on `shared` (state threads share) and `sys` (every libc
+//! call). Unsafe code lives in `sys` and `memory` alone.
 #![deny(unreachable_pub)]
-#![warn(missing_debug_implementations)]
+#![deny(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+// EPOLLEXCLUSIVE, SCHED_IDLE, accept4 and /proc: the supervision this crate
+// does needs Linux.
+#[cfg(not(target_os = "linux"))]
+compile_error!("vigil runs on Linux only");
 
 mod admin;
 mod config;
 mod conn;
+mod control;
 mod event_loop;
 mod http;
+#[allow(unsafe_code)]
 mod memory;
 mod offload;
 mod server;
@@ -35,17 +51,17 @@ mod service;
 mod shared;
 pub mod signals;
 mod supervisor;
+#[allow(unsafe_code)]
 mod sys;
 
 pub use config::{default_loops, parse_duration, parse_size, Config, ConfigError};
+pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
-pub use server::{
-    Control, LoopSnapshot, OffloadSnapshot, Outcome, Server, ServerHandle, Snapshot, StartError,
-    UnknownSlot,
-};
+pub use server::{Server, ServerHandle, StartError};
 pub use service::{Service, ServiceFactory};
-pub use shared::LoopState;
+pub use shared::{LoopState, SlotCounts};
+pub use supervisor::Outcome;
 
 /// Thin wrappers that let `benches/http.rs` reach crate-internal items.
 /// Not API: may change or vanish in any release.

@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
 
 /// Turns a negative libc return into `io::Error::last_os_error()`.
 macro_rules! syscall {
@@ -26,7 +26,7 @@ pub(crate) fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()
     syscall!(listen(listener.as_raw_fd(), backlog)).map(drop)
 }
 
-/// Registers `fd` for readability in the epoll instance `epfd` with
+/// Registers `fd` for readability in the epoll instance of `poll` with
 /// `EPOLLEXCLUSIVE`, reporting `token` as the event data.
 ///
 /// mio cannot set `EPOLLEXCLUSIVE` (it must be given when the fd is added),
@@ -34,17 +34,17 @@ pub(crate) fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()
 /// with exclusive wake-ups one loop is woken per readiness change, and level
 /// triggering makes sure a connection left in the backlog (a loop stopped
 /// after a bounded accept batch) wakes a loop again.
-#[cfg(target_os = "linux")]
-pub(crate) fn epoll_add_exclusive(epfd: RawFd, fd: RawFd, token: u64) -> io::Result<()> {
+pub(crate) fn epoll_add_exclusive(poll: &mio::Poll, fd: &impl AsFd, token: u64) -> io::Result<()> {
     let mut event =
         libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLEXCLUSIVE) as u32, u64: token };
+    let (epfd, fd) = (poll.as_raw_fd(), fd.as_fd().as_raw_fd());
     syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut event)).map(drop)
 }
 
-/// Removes `fd` from the epoll instance `epfd`.
-#[cfg(target_os = "linux")]
-pub(crate) fn epoll_delete(epfd: RawFd, fd: RawFd) -> io::Result<()> {
+/// Removes `fd` from the epoll instance of `poll`.
+pub(crate) fn epoll_delete(poll: &mio::Poll, fd: &impl AsFd) -> io::Result<()> {
     let mut unused = libc::epoll_event { events: 0, u64: 0 };
+    let (epfd, fd) = (poll.as_raw_fd(), fd.as_fd().as_raw_fd());
     syscall!(epoll_ctl(epfd, libc::EPOLL_CTL_DEL, fd, &mut unused)).map(drop)
 }
 
@@ -61,27 +61,10 @@ pub(crate) fn accept(listener: &TcpListener) -> io::Result<std::net::TcpStream> 
     Ok(unsafe { std::net::TcpStream::from_raw_fd(fd) })
 }
 
-/// A close-on-exec duplicate of a socket the caller does not own.
-///
-/// The supervisor takes the connections of a stalled loop over this way.
-/// The caller must hold the loop's fd registry lock, under which the loop
-/// closes its fds, so `fd` cannot be closed and reused meanwhile.
-pub(crate) fn duplicate(fd: RawFd) -> io::Result<OwnedFd> {
-    let copy = syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 0))?;
-    // SAFETY: fcntl just returned this new fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(copy) })
-}
-
-/// `shutdown(SHUT_RDWR)`: the peer sees the connection end at once, even
-/// while other fds (a stuck loop's) still refer to the socket.
-pub(crate) fn shutdown_both(fd: &OwnedFd) -> io::Result<()> {
-    syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RDWR)).map(drop)
-}
-
 /// `shutdown(fd, SHUT_RD)` on a listening socket: the kernel refuses new
 /// connections from then on, and wakes every loop waiting on it.
-pub(crate) fn shutdown_read(fd: RawFd) -> io::Result<()> {
-    syscall!(shutdown(fd, libc::SHUT_RD)).map(drop)
+pub(crate) fn shutdown_read(listener: &TcpListener) -> io::Result<()> {
+    syscall!(shutdown(listener.as_raw_fd(), libc::SHUT_RD)).map(drop)
 }
 
 /// The kernel id of the calling thread, for `set_idle_priority`.
@@ -93,7 +76,6 @@ pub(crate) fn thread_id() -> i32 {
 /// Moves thread `tid` to `SCHED_IDLE`: it then only runs when no other
 /// thread wants the CPU, which is all an abandoned, possibly spinning,
 /// loop thread deserves.
-#[cfg(target_os = "linux")]
 pub(crate) fn set_idle_priority(tid: i32) -> io::Result<()> {
     let param = libc::sched_param { sched_priority: 0 };
     syscall!(sched_setscheduler(tid, libc::SCHED_IDLE, &param)).map(drop)
@@ -108,16 +90,35 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
-/// The peer of a connected socket the caller does not own (may_minihttp
-/// hands the admin plane only the fd of a connection).
-pub(crate) fn peer_addr(fd: RawFd) -> Option<std::net::SocketAddr> {
-    if fd < 0 {
-        return None;
+/// The peer address of socket number `fd`, which the caller knows only by
+/// number (may_minihttp hands the admin plane the fd of a connection).
+///
+/// Only `getpeername` is called: no object is made that would own or
+/// close the fd, so a stale number can at worst give a wrong answer.
+pub(crate) fn peer_addr_of(fd: RawFd) -> Option<std::net::SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let address = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+    syscall!(getpeername(fd, address, &mut len)).ok()?;
+    match i32::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
+            let v4 =
+                unsafe { *(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
+            Some((ip, u16::from_be(v4.sin_port)).into())
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
+            let v6 = unsafe {
+                *(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
+            Some((ip, u16::from_be(v6.sin6_port)).into())
+        }
+        _ => None,
     }
-    // SAFETY: the fd belongs to a live connection for the whole call (its
-    // owner is blocked calling us), and ManuallyDrop keeps it open.
-    let stream = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-    stream.peer_addr().ok()
 }
 
 /// The error of a socket after a failed non-blocking operation is sorted

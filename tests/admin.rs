@@ -31,7 +31,7 @@ fn metrics_parse_and_count_requests() {
         assert_eq!(util::get(server.local_addr(), "/").unwrap().status, 200);
     }
     // Loops publish their counts once per wake-up, just after answering.
-    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().requests == 5));
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().totals.requests == 5));
     let admin_addr = server.admin_addr().unwrap();
     let (status, body) = admin(admin_addr, "GET", "/metrics", "");
     assert_eq!(status, 200);

@@ -148,7 +148,7 @@ fn a_panicking_handler_gets_500_and_the_loop_goes_on() {
     assert_eq!(client.reply().status, 500);
     assert_eq!(client.reply().text(), "fine", "same connection, same loop, still serving");
     let snapshot = server.snapshot();
-    assert_eq!(snapshot.loops[0].handler_panics, 1);
+    assert_eq!(snapshot.loops[0].counters.handler_panics, 1);
     assert_eq!(snapshot.loops[0].generation, 0, "a handler panic does not replace the loop");
 }
 

@@ -98,5 +98,5 @@ fn crossing_the_limit_recycles_the_loop_without_losing_a_request() {
         client.join().unwrap();
     }
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed across the recycle");
-    assert_eq!(server.snapshot().recycled, 1);
+    assert_eq!(server.snapshot().totals.recycled, 1);
 }

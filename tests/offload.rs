@@ -135,7 +135,7 @@ fn the_loop_keeps_serving_while_offloaded_work_runs() {
     let uptime = server.snapshot().uptime_seconds;
     assert!(util::eventually(Duration::from_secs(10), || server.snapshot().uptime_seconds
         > uptime + 0.3));
-    assert_eq!(server.snapshot().replaced_stalled, 0);
+    assert_eq!(server.snapshot().totals.replaced_stalled, 0);
     for _ in 0..20 {
         go_tx.send(()).unwrap();
     }

@@ -119,7 +119,7 @@ fn a_stalled_loop_is_replaced_and_its_thread_reclaimed() {
     assert_eq!(slot_of(&mut bystander), stalled_slot);
 
     let snapshot = server.snapshot();
-    assert_eq!(snapshot.replaced_stalled, 1);
+    assert_eq!(snapshot.totals.replaced_stalled, 1);
     assert_eq!(snapshot.abandoned_alive, 1);
     let replacement = &snapshot.loops[stalled_slot];
     assert_eq!((replacement.generation, replacement.state), (1, LoopState::Serving));
@@ -178,7 +178,7 @@ fn a_loop_that_dies_is_respawned() {
     assert!(util::eventually(Duration::from_secs(10), || {
         let snapshot = server.snapshot();
         let replacement = &snapshot.loops[0];
-        snapshot.replaced_died == 1
+        snapshot.totals.replaced_died == 1
             && (replacement.generation, replacement.state) == (1, LoopState::Serving)
     }));
     assert_eq!(util::get(addr, "/").unwrap().text(), "ok");
@@ -196,6 +196,6 @@ fn graceful_recycle_loses_nothing() {
         util::eventually(Duration::from_secs(10), || server.snapshot().loops[0].generation == 1)
     );
     assert_eq!(util::get(addr, "/").unwrap().status, 200, "the new generation serves");
-    assert_eq!(server.snapshot().recycled, 1);
+    assert_eq!(server.snapshot().totals.recycled, 1);
     assert!(server.recycle(7).is_err());
 }

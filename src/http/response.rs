@@ -156,7 +156,7 @@ impl Response {
 }
 
 /// How to frame one response on the wire.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Encoding {
     /// A HEAD request: headers as for GET, no body bytes.
     pub(crate) head_request: bool,

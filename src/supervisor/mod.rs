@@ -3,10 +3,11 @@
 //! runs shutdowns. It is the only owner of loop threads.
 
 mod intensity;
+mod rules;
 pub(crate) mod verdict;
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -16,11 +17,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::event_loop;
 use crate::memory;
-use crate::server::{MemoryReport, Outcome, ServerShared};
-use crate::shared::{lock, panic_message, LoopShared, LoopState};
+use crate::shared::{
+    lock, panic_message, Command, LoopShared, LoopState, MemoryReport, ServerShared,
+};
 use crate::sys;
 use crate::ServiceFactory;
 use intensity::RestartIntensity;
+use rules::{respawn_delay, Crossing};
 use verdict::{judge, Observation, Verdict};
 
 /// How long the supervisor waits for a new loop to be listening before it
@@ -35,15 +38,17 @@ const LISTENER_GRACE: Duration = Duration::from_millis(100);
 /// The supervisor's period while a shutdown is in progress.
 const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 
-/// Respawn delays for a slot whose loops keep dying at start.
-const RESPAWN_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const RESPAWN_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// How long a slot whose replacement could not be spawned waits to retry.
+const SPAWN_RETRY: Duration = Duration::from_secs(2);
 
-#[derive(Debug)]
-pub(crate) enum Command {
-    Recycle(usize),
-    Shutdown,
-    Stop,
+/// How a server ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Shut down on request (gracefully or not).
+    Stopped,
+    /// Too many abandoned threads were alive (`max_abandoned`): only a new
+    /// process can free them. The binary exits with status 3.
+    AbandonedBudgetExceeded,
 }
 
 /// Starts every loop and the supervisor thread.
@@ -176,7 +181,12 @@ impl<F: ServiceFactory> Supervisor<F> {
     }
 
     /// Spawns generation `generation` of `slot` and waits until it listens.
-    fn spawn_loop(&self, slot: usize, generation: u32, adopt: Vec<OwnedFd>) -> io::Result<Running> {
+    fn spawn_loop(
+        &self,
+        slot: usize,
+        generation: u32,
+        adopt: Vec<TcpStream>,
+    ) -> io::Result<Running> {
         let shared = Arc::new(LoopShared::new(
             slot,
             generation,
@@ -246,11 +256,10 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// happened. Only connections with state inside the stuck loop (the
     /// request being served, partial input, unsent output) are shut down.
     ///
-    /// The order differs from "close, quarantine, spawn" on one point: the
-    /// replacement is started (and listening) *before* those connections
-    /// are shut down. Their clients reconnect within microseconds; if the
-    /// replacement is not yet in `epoll_wait`, they all land on the other
-    /// loops and stay there.
+    /// The replacement is started (and listening) *before* those
+    /// connections are shut down: their clients reconnect within
+    /// microseconds, and if the replacement were not yet in `epoll_wait`
+    /// they would all land on the other loops and stay there.
     fn abandon(&mut self, slot: usize, stuck_for: Duration, now: Instant) {
         let Some(old) = self.slots[slot].running.take() else {
             return;
@@ -269,12 +278,12 @@ impl<F: ServiceFactory> Supervisor<F> {
         // If the replacement cannot start, its sockets die with the thread
         // that was never created; these copies let their clients see a
         // close instead of waiting for the stuck loop.
-        let fallback: Vec<OwnedFd> =
-            taken.clean.iter().filter_map(|fd| fd.try_clone().ok()).collect();
+        let fallback: Vec<TcpStream> =
+            taken.clean.iter().filter_map(|stream| stream.try_clone().ok()).collect();
         let replacement = self.next_generation(slot, taken.clean);
         if replacement.is_none() {
-            for fd in &fallback {
-                let _ = sys::shutdown_both(fd);
+            for stream in &fallback {
+                let _ = stream.shutdown(Shutdown::Both);
             }
         }
         drop(fallback);
@@ -283,7 +292,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.abandoned.push(old);
         // The snapshot shows the replacement before any client sees a close.
         self.publish_loops();
-        let closed = taken.stuck.iter().filter(|fd| sys::shutdown_both(fd).is_ok()).count();
+        let closed = taken.stuck.iter().filter(|s| s.shutdown(Shutdown::Both).is_ok()).count();
         drop(taken.stuck);
         let tid = shared.tid.load(Relaxed);
         if tid > 0 {
@@ -315,7 +324,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// Spawns the next generation into `slot`, serving `adopt` from the
     /// start; on failure schedules a retry (the adopted sockets are then
     /// dropped with the thread that could not start).
-    fn next_generation(&mut self, slot: usize, adopt: Vec<OwnedFd>) -> Option<u32> {
+    fn next_generation(&mut self, slot: usize, adopt: Vec<TcpStream>) -> Option<u32> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
         self.slots[slot].observation = None;
@@ -326,7 +335,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             }
             Err(err) => {
                 log::error!("loop {slot}.{generation} could not be spawned: {err}");
-                self.slots[slot].respawn_at = Some(Instant::now() + RESPAWN_BACKOFF_MAX);
+                self.slots[slot].respawn_at = Some(Instant::now() + SPAWN_RETRY);
                 None
             }
         }
@@ -347,16 +356,8 @@ impl<F: ServiceFactory> Supervisor<F> {
         let open = dead.shared.open_connections.swap(0, Relaxed);
         self.server.open_connections.fetch_sub(open, Relaxed);
         let state = &mut self.slots[slot];
-        // A loop that dies right after it starts would otherwise be
-        // respawned in a tight loop.
-        state.deaths_in_a_row =
-            if lived < Duration::from_secs(1) { state.deaths_in_a_row + 1 } else { 1 };
-        let delay = if state.deaths_in_a_row <= 1 {
-            Duration::ZERO
-        } else {
-            (RESPAWN_BACKOFF_MIN * 2u32.saturating_pow(state.deaths_in_a_row - 2))
-                .min(RESPAWN_BACKOFF_MAX)
-        };
+        let (deaths_in_a_row, delay) = respawn_delay(state.deaths_in_a_row, lived);
+        state.deaths_in_a_row = deaths_in_a_row;
         log::error!(
             "loop {name} died reason=died cause={cause:?} lived={lived:?}; respawning in {delay:?}"
         );
@@ -455,15 +456,16 @@ impl<F: ServiceFactory> Supervisor<F> {
                 continue;
             };
             if let Some(warn) = config.mem_warn {
-                // Once per crossing, as the chapter's master warned.
-                if stats.allocated > warn && !state.mem_warned {
+                // Once per crossing: a loop that stays over it is not news.
+                let crossing = Crossing::of(state.mem_warned, stats.allocated > warn);
+                if crossing == Crossing::Up {
                     log::warn!(
                         "loop {} using too much memory allocated={} mem_warn={warn}",
                         running.shared.name(),
                         stats.allocated
                     );
                 }
-                state.mem_warned = stats.allocated > warn;
+                state.mem_warned = crossing.is_over();
             }
             if config.mem_limit.is_some_and(|limit| stats.allocated > limit) {
                 over_limit.push((slot, stats.allocated));
@@ -546,8 +548,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     }
 
     fn refuse_new_connections(&self) {
-        let listener = std::os::fd::AsRawFd::as_raw_fd(&self.server.listener);
-        if let Err(err) = sys::shutdown_read(listener) {
+        if let Err(err) = sys::shutdown_read(&self.server.listener) {
             log::debug!("listener shutdown: {err}");
         }
     }

@@ -5,26 +5,32 @@
 //! responses are encoded into the loop's output buffer and copied into the
 //! connection only when the socket would block. So an idle keep-alive
 //! connection holds no buffer at all.
+//!
+//! `context` is the loop's side of the exchange (service, output buffer,
+//! clock), `queue` keeps responses in order behind offloaded work, and
+//! `io` does the socket calls.
 
-use std::collections::VecDeque;
-use std::io::{Read, Write};
+mod context;
+mod io;
+mod queue;
+
 use std::mem::MaybeUninit;
-use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-use mio::net::TcpStream;
-
 use crate::http::body::ChunkedDecoder;
-use crate::http::date::DateCache;
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{self, Encoding, CONTINUE};
-use crate::http::{Limits, Reject, MAX_HEADERS_CAP};
-use crate::offload::{Completion, Job, Pool};
-use crate::shared::{CleanFlag, LoopShared};
-use crate::sys::{sort_io_error, IoVerdict};
-use crate::{Request, Response, Service, ServiceFactory};
+use crate::http::{Reject, MAX_HEADERS_CAP};
+use crate::offload::{Completion, Job, Work};
+use crate::shared::SharedSocket;
+use crate::sys::IoVerdict;
+use crate::{Request, Response, ServiceFactory};
+pub(crate) use context::LoopContext;
+pub(crate) use io::refuse_over_limit;
+use io::ReadResult;
+use queue::{Released, ResponseQueue};
 
 /// Reads per readiness event before the connection yields to the others
 /// of its loop: one client flooding pipelined requests cannot starve them.
@@ -78,35 +84,6 @@ enum Closing {
     Lingering,
 }
 
-/// Per-loop state a connection works with: the service, buffers, clocks.
-pub(crate) struct Dispatch<F: ServiceFactory> {
-    pub(crate) factory: Arc<F>,
-    pub(crate) service: F::Service,
-    pub(crate) response: Response,
-    pub(crate) date: DateCache,
-    pub(crate) limits: Limits,
-    pub(crate) header_timeout: Duration,
-    pub(crate) keep_alive_timeout: Duration,
-    /// The loop's clock, read once per wake-up.
-    pub(crate) now: Instant,
-    /// Heartbeat progress (see `shared::Heartbeat`).
-    pub(crate) progress: u64,
-    /// Requests completed and not yet added to the shared counter.
-    pub(crate) unpublished_requests: u64,
-    pub(crate) shared: Arc<LoopShared>,
-    /// Responses get `Connection: close` while the loop drains.
-    pub(crate) draining: bool,
-    /// The supervisor gave up on this loop while a handler ran.
-    pub(crate) abandoned: bool,
-    /// Responses encoded during the current event, written in one go.
-    pub(crate) out: Vec<u8>,
-    pub(crate) offload: Arc<Pool>,
-    /// Where the pool sends this loop's completions, and how it wakes us.
-    pub(crate) completions: Sender<Completion>,
-    pub(crate) waker: Arc<mio::Waker>,
-    pub(crate) next_job_id: u64,
-}
-
 /// A request body's decoding state between reads.
 #[derive(Debug)]
 struct ChunkedBody {
@@ -118,7 +95,8 @@ struct ChunkedBody {
 
 #[derive(Debug)]
 pub(crate) struct Conn {
-    pub(crate) stream: TcpStream,
+    /// Shared with the loop's fd registry (see `shared::FdRegistry`).
+    pub(crate) socket: Arc<SharedSocket>,
     /// Bytes of an incomplete request, kept between reads.
     input: Vec<u8>,
     /// Response bytes the socket did not take yet.
@@ -135,31 +113,19 @@ pub(crate) struct Conn {
     timer: Timer,
     /// This connection's slab key, which offloaded work reports back to.
     key: usize,
-    /// Published for the supervisor: see `shared::CleanFlag`.
-    pub(crate) clean: Arc<CleanFlag>,
-    /// Responses in request order while offloaded work is outstanding;
-    /// empty otherwise (responses then go straight to the output).
-    pending: VecDeque<Pending>,
-}
-
-#[derive(Debug)]
-enum Pending {
-    /// Offloaded job `id`, not back yet, and how its response is framed.
-    Waiting { id: u64, encoding: Encoding },
-    /// An encoded response waiting for the ones before it.
-    Ready { bytes: Vec<u8>, keep_alive: bool },
+    /// Responses in request order while offloaded work is outstanding.
+    queue: ResponseQueue,
 }
 
 impl Conn {
     pub(crate) fn new(
-        stream: TcpStream,
+        socket: Arc<SharedSocket>,
         key: usize,
-        clean: Arc<CleanFlag>,
         now: Instant,
         header_timeout: Duration,
     ) -> Conn {
         Conn {
-            stream,
+            socket,
             input: Vec::new(),
             output: Vec::new(),
             written: 0,
@@ -172,18 +138,17 @@ impl Conn {
             deadline: now + header_timeout,
             timer: Timer::Idle,
             key,
-            clean,
-            pending: VecDeque::new(),
+            queue: ResponseQueue::default(),
         }
     }
 
     /// No state outside the kernel: could move to another loop losing
-    /// nothing (see `shared::CleanFlag`).
+    /// nothing (see `shared::SharedSocket`).
     pub(crate) fn is_clean(&self) -> bool {
         self.closing == Closing::Open
             && self.input.is_empty()
             && self.output.is_empty()
-            && self.pending.is_empty()
+            && self.queue.is_empty()
             && self.chunked.is_none()
     }
 
@@ -198,13 +163,13 @@ impl Conn {
     pub(crate) fn on_readable<F: ServiceFactory>(
         &mut self,
         scratch: &mut [u8],
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) -> Next {
         let mut next = Next::Wait;
         for reads in 0.. {
             if self.closing == Closing::AfterWrite
                 || self.output.len() > OUTPUT_HIGH_WATER
-                || self.pending.len() >= MAX_PENDING_RESPONSES
+                || self.queue.len() >= MAX_PENDING_RESPONSES
             {
                 self.read_paused = true;
                 break;
@@ -214,9 +179,9 @@ impl Conn {
                 break;
             }
             let result = if self.input.is_empty() {
-                self.read_into_scratch(scratch, d)
+                self.read_into_scratch(scratch, cx)
             } else {
-                self.read_into_own_buffer(d)
+                self.read_into_own_buffer(cx)
             };
             match result {
                 Ok(ReadResult::Drained) => break,
@@ -229,23 +194,23 @@ impl Conn {
                     // and say so if a request was cut short.
                     if !self.input.is_empty() && self.closing == Closing::Open {
                         self.input.clear();
-                        self.reject(Reject::new(400, "incomplete request"), d);
+                        self.reject(Reject::new(400, "incomplete request"), cx);
                     }
                     self.closing = Closing::AfterWrite;
                     break;
                 }
                 Err(verdict) => {
                     if verdict == IoVerdict::Fatal {
-                        log::debug!("loop {} read failed, closing", d.shared.name());
+                        log::debug!("loop {} read failed, closing", cx.shared.name());
                     }
                     return Next::Close;
                 }
             }
-            if d.abandoned {
+            if cx.abandoned {
                 return Next::Close;
             }
         }
-        match self.flush(d) {
+        match self.flush(cx) {
             Next::Wait => next,
             other => other,
         }
@@ -255,31 +220,31 @@ impl Conn {
     pub(crate) fn on_writable<F: ServiceFactory>(
         &mut self,
         scratch: &mut [u8],
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) -> Next {
         if self.output.is_empty() {
             return Next::Wait;
         }
-        match self.flush(d) {
+        match self.flush(cx) {
             Next::Wait if self.read_paused && self.output.is_empty() => {
                 self.read_paused = false;
-                self.on_readable(scratch, d)
+                self.on_readable(scratch, cx)
             }
             other => other,
         }
     }
 
     /// The deadline passed; returns what to do with the connection.
-    pub(crate) fn on_deadline<F: ServiceFactory>(&mut self, d: &mut Dispatch<F>) -> Next {
+    pub(crate) fn on_deadline<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
         match self.timer {
             Timer::Idle | Timer::Linger => Next::Close,
             Timer::Offload => Next::Wait,
             Timer::Request => {
-                d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cx.count_rejected();
                 self.input.clear();
-                response::encode_reject(408, "request not received in time", &d.date, &mut d.out);
+                response::encode_reject(408, "request not received in time", &cx.date, &mut cx.out);
                 self.closing = Closing::AfterWrite;
-                self.flush(d)
+                self.flush(cx)
             }
         }
     }
@@ -287,9 +252,9 @@ impl Conn {
     fn read_into_scratch<F: ServiceFactory>(
         &mut self,
         scratch: &mut [u8],
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) -> Result<ReadResult, IoVerdict> {
-        let n = match read(&mut self.stream, scratch)? {
+        let n = match io::read(&self.socket.stream, scratch)? {
             None => return Ok(ReadResult::Drained),
             Some(0) => return Ok(ReadResult::Eof),
             Some(n) => n,
@@ -297,7 +262,7 @@ impl Conn {
         if self.closing == Closing::Lingering {
             return Ok(ReadResult::More);
         }
-        let consumed = self.process(&scratch[..n], d);
+        let consumed = self.process(&scratch[..n], cx);
         if consumed < n && self.closing == Closing::Open {
             self.input.extend_from_slice(&scratch[consumed..n]);
         }
@@ -306,11 +271,11 @@ impl Conn {
 
     fn read_into_own_buffer<F: ServiceFactory>(
         &mut self,
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) -> Result<ReadResult, IoVerdict> {
         let old_len = self.input.len();
         self.input.resize(old_len + SLOW_READ_CHUNK, 0);
-        let result = read(&mut self.stream, &mut self.input[old_len..]);
+        let result = io::read(&self.socket.stream, &mut self.input[old_len..]);
         let n = match result {
             Ok(Some(n)) => n,
             _ => 0,
@@ -326,7 +291,7 @@ impl Conn {
             _ => {}
         }
         let input = std::mem::take(&mut self.input);
-        let consumed = self.process(&input, d);
+        let consumed = self.process(&input, cx);
         self.input = input;
         if self.closing == Closing::Open {
             self.input.drain(..consumed);
@@ -361,19 +326,19 @@ impl Conn {
 
     /// Handles every complete request at the start of `buf`; returns how
     /// many bytes were consumed. What is left is an incomplete request.
-    fn process<F: ServiceFactory>(&mut self, buf: &[u8], d: &mut Dispatch<F>) -> usize {
+    fn process<F: ServiceFactory>(&mut self, buf: &[u8], cx: &mut LoopContext<F>) -> usize {
         let mut pos = 0;
-        while pos < buf.len() && self.closing == Closing::Open && !d.abandoned {
+        while pos < buf.len() && self.closing == Closing::Open && !cx.abandoned {
             let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
             let head =
-                match parse_head(&buf[pos..], &mut headers[..d.limits.max_headers], &d.limits) {
+                match parse_head(&buf[pos..], &mut headers[..cx.limits.max_headers], &cx.limits) {
                     Ok(Some(head)) => head,
                     Ok(None) => {
-                        self.wait_for_rest_of_request(d);
+                        self.wait_for_rest_of_request(cx);
                         break;
                     }
                     Err(reject) => {
-                        self.reject(reject, d);
+                        self.reject(reject, cx);
                         return buf.len();
                     }
                 };
@@ -381,37 +346,37 @@ impl Conn {
             let available = &buf[body_start..];
             let consumed = match head.framing {
                 Framing::Empty => {
-                    self.dispatch(&head, &[], d);
+                    self.dispatch(&head, &[], cx);
                     0
                 }
                 Framing::Length(len) => {
                     if (available.len() as u64) < len {
-                        self.wait_for_body(&head, d);
+                        self.wait_for_body(&head, cx);
                         break;
                     }
                     // `len <= available.len()`, so it fits in usize.
                     let len = len as usize;
-                    self.dispatch(&head, &available[..len], d);
+                    self.dispatch(&head, &available[..len], cx);
                     len
                 }
-                Framing::Chunked => match self.decode_chunked(available, d) {
+                Framing::Chunked => match self.decode_chunked(available, cx) {
                     Ok(Some(body)) => {
-                        self.dispatch(&head, &body.decoded, d);
+                        self.dispatch(&head, &body.decoded, cx);
                         body.fed
                     }
                     Ok(None) => {
-                        self.wait_for_body(&head, d);
+                        self.wait_for_body(&head, cx);
                         break;
                     }
                     Err(reject) => {
-                        self.reject(reject, d);
+                        self.reject(reject, cx);
                         return buf.len();
                     }
                 },
             };
             pos = body_start + consumed;
             self.sent_continue = false;
-            self.after_request(d);
+            self.after_request(cx);
         }
         if self.closing != Closing::Open {
             // Nothing after a closing response is processed (RFC 9112 9.6).
@@ -420,39 +385,39 @@ impl Conn {
         pos
     }
 
-    fn after_request<F: ServiceFactory>(&mut self, d: &Dispatch<F>) {
-        if self.pending.is_empty() {
+    fn after_request<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) {
+        if self.queue.is_empty() {
             self.timer = Timer::Idle;
-            self.deadline = d.now + d.keep_alive_timeout;
+            self.deadline = cx.now + cx.keep_alive_timeout;
         } else {
             self.timer = Timer::Offload;
         }
     }
 
-    fn wait_for_rest_of_request<F: ServiceFactory>(&mut self, d: &Dispatch<F>) {
+    fn wait_for_rest_of_request<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) {
         if self.timer != Timer::Request {
             self.timer = Timer::Request;
-            self.deadline = d.now + d.header_timeout;
+            self.deadline = cx.now + cx.header_timeout;
         }
     }
 
-    fn wait_for_body<F: ServiceFactory>(&mut self, head: &Head<'_, '_>, d: &mut Dispatch<F>) {
+    fn wait_for_body<F: ServiceFactory>(&mut self, head: &Head<'_, '_>, cx: &mut LoopContext<F>) {
         if head.expect_continue && !self.sent_continue {
-            let start = d.out.len();
-            d.out.extend_from_slice(CONTINUE);
-            self.queue_if_behind_offload(start, true, d);
+            let start = cx.out.len();
+            cx.out.extend_from_slice(CONTINUE);
+            self.queue_if_behind_offload(start, true, cx);
             self.sent_continue = true;
         }
         // A body may take longer than a head; the timeout is between reads.
         self.timer = Timer::Request;
-        self.deadline = d.now + d.header_timeout;
+        self.deadline = cx.now + cx.header_timeout;
     }
 
     /// Feeds the decoder what it has not seen; `Some` once the body is whole.
     fn decode_chunked<F: ServiceFactory>(
         &mut self,
         raw: &[u8],
-        d: &Dispatch<F>,
+        cx: &LoopContext<F>,
     ) -> Result<Option<ChunkedBody>, Reject> {
         let body = self.chunked.get_or_insert_with(|| ChunkedBody {
             decoder: ChunkedDecoder::new(),
@@ -462,45 +427,45 @@ impl Conn {
         let progress = body.decoder.decode(
             &raw[body.fed..],
             &mut body.decoded,
-            d.limits.max_body_bytes,
-            d.limits.max_head_bytes,
+            cx.limits.max_body_bytes,
+            cx.limits.max_head_bytes,
         )?;
         body.fed += progress.consumed;
         if progress.done {
             return Ok(self.chunked.take());
         }
-        if body.fed > d.limits.max_body_bytes.saturating_add(CHUNK_OVERHEAD_ALLOWANCE) {
+        if body.fed > cx.limits.max_body_bytes.saturating_add(CHUNK_OVERHEAD_ALLOWANCE) {
             return Err(Reject::new(413, "chunk framing too large"));
         }
         Ok(None)
     }
 
     /// Answers a refused request and closes after it.
-    fn reject<F: ServiceFactory>(&mut self, reject: Reject, d: &mut Dispatch<F>) {
+    fn reject<F: ServiceFactory>(&mut self, reject: Reject, cx: &mut LoopContext<F>) {
         log::debug!(
             "loop {} refused request status={} reason={:?}",
-            d.shared.name(),
+            cx.shared.name(),
             reject.status,
             reject.why
         );
-        d.shared.counters.rejected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let start = d.out.len();
-        response::encode_reject(reject.status, reject.why, &d.date, &mut d.out);
-        self.queue_if_behind_offload(start, false, d);
+        cx.count_rejected();
+        let start = cx.out.len();
+        response::encode_reject(reject.status, reject.why, &cx.date, &mut cx.out);
+        self.queue_if_behind_offload(start, false, cx);
         self.chunked = None;
         self.closing = Closing::AfterWrite;
         // The client may still be sending (a refused body, say): closing
         // with unread input would reset the connection and could destroy
         // the answer before the client reads it, so linger instead.
         self.timer = Timer::Linger;
-        self.deadline = d.now + LINGER_TIMEOUT;
+        self.deadline = cx.now + LINGER_TIMEOUT;
     }
 
     fn dispatch<F: ServiceFactory>(
         &mut self,
         head: &Head<'_, '_>,
         body: &[u8],
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) {
         let req = Request {
             method: head.method,
@@ -510,85 +475,77 @@ impl Conn {
             headers: head.headers,
             body,
         };
-        d.shared.current_request.record(head.method, head.path);
-        d.response.reset();
-        let service = &mut d.service;
-        let response = &mut d.response;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| service.call(&req, response)));
-        d.progress += 1;
-        d.shared.heartbeat.beat(d.progress, true);
-        d.unpublished_requests += 1;
-        if d.shared.abandoned.load(std::sync::atomic::Ordering::Relaxed) {
+        let outcome = cx.call_service(&req);
+        if cx.abandoned {
             // The supervisor closed our sockets and replaced us while the
             // handler ran; this response has nowhere to go.
-            d.abandoned = true;
             return;
         }
         let encoding = Encoding {
             head_request: head.method == "HEAD",
-            keep_alive: encoding_keeps_alive(head, d),
+            keep_alive: cx.keeps_alive(head),
             http10: head.version == crate::Version::Http10,
         };
         if outcome.is_ok() {
-            if let Some(work) = d.response.offload.take() {
-                self.offload(work, encoding, d);
+            if let Some(work) = cx.response.offload.take() {
+                self.offload(work, encoding, cx);
                 return;
             }
         }
-        let start = d.out.len();
+        let start = cx.out.len();
         let keep_alive = match outcome {
-            Ok(()) => response::encode(&d.response, encoding, &d.date, &mut d.out),
+            Ok(()) => response::encode(&cx.response, encoding, &cx.date, &mut cx.out),
             Err(payload) => {
-                handler_panicked(&req, payload.as_ref(), d);
-                response::encode(&response::internal_error(), encoding, &d.date, &mut d.out)
+                cx.handler_panicked(&req, &payload);
+                response::encode(&response::internal_error(), encoding, &cx.date, &mut cx.out)
             }
         };
-        self.queue_if_behind_offload(start, keep_alive, d);
+        self.queue_if_behind_offload(start, keep_alive, cx);
         if !keep_alive {
             self.closing = Closing::AfterWrite;
         }
     }
 
-    /// Responses encoded into `d.out` from `start` on wait behind any
+    /// Responses encoded into `cx.out` from `start` on wait behind any
     /// offloaded work still outstanding, so that they go out in order.
     fn queue_if_behind_offload<F: ServiceFactory>(
         &mut self,
         start: usize,
         keep_alive: bool,
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) {
-        if !self.pending.is_empty() {
-            let bytes = d.out.split_off(start);
-            self.pending.push_back(Pending::Ready { bytes, keep_alive });
+        if !self.queue.is_empty() {
+            let bytes = cx.out.split_off(start);
+            self.queue.push_ready(bytes, keep_alive);
         }
     }
 
     /// Hands `work` to the pool; a full queue is answered 503 at once.
     fn offload<F: ServiceFactory>(
         &mut self,
-        work: crate::offload::Work,
+        work: Work,
         encoding: Encoding,
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) {
-        let id = d.next_job_id;
-        d.next_job_id += 1;
-        d.shared.counters.offloaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = cx.next_job_id;
+        cx.next_job_id += 1;
+        cx.shared.counters.offloaded.fetch_add(1, Relaxed);
         let job = Job {
             work,
-            reply_to: d.completions.clone(),
-            waker: d.waker.clone(),
+            reply_to: cx.completions.clone(),
+            waker: cx.waker.clone(),
             conn: self.key,
             id,
         };
-        match d.offload.submit(job) {
-            Ok(()) => self.pending.push_back(Pending::Waiting { id, encoding }),
+        match cx.offload.submit(job) {
+            Ok(()) => self.queue.wait_for(id, encoding),
             Err(_job) => {
                 let mut busy = Response::new();
                 busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
                 busy.body_static(b"503 Service Unavailable: offload queue full\n");
-                let start = d.out.len();
-                let keep_alive = response::encode(&busy, encoding, &d.date, &mut d.out);
-                self.queue_if_behind_offload(start, keep_alive, d);
+                let start = cx.out.len();
+                let keep_alive = response::encode(&busy, encoding, &cx.date, &mut cx.out);
+                self.queue_if_behind_offload(start, keep_alive, cx);
                 if !keep_alive {
                     self.closing = Closing::AfterWrite;
                 }
@@ -602,73 +559,62 @@ impl Conn {
         &mut self,
         completion: Completion,
         scratch: &mut [u8],
-        d: &mut Dispatch<F>,
+        cx: &mut LoopContext<F>,
     ) -> Next {
-        let Some(slot) = self
-            .pending
-            .iter_mut()
-            .find(|p| matches!(p, Pending::Waiting { id, .. } if *id == completion.id))
-        else {
-            return Next::Wait; // not ours: an older connection with this key
-        };
-        let Pending::Waiting { mut encoding, .. } = *slot else { unreachable!() };
-        encoding.keep_alive &= !d.draining;
-        let mut bytes = Vec::new();
-        let response = completion.result.unwrap_or_else(|panic| {
-            log::error!(
-                "loop {} offloaded work panicked panic={panic:?}; answered 500",
-                d.shared.name()
-            );
-            response::internal_error()
+        let (draining, date, shared) = (cx.draining, &cx.date, &cx.shared);
+        let filled = self.queue.fill(completion.id, |mut encoding| {
+            encoding.keep_alive &= !draining;
+            let response = completion.result.unwrap_or_else(|panic| {
+                let name = shared.name();
+                log::error!("loop {name} offloaded work panicked panic={panic:?}; answered 500");
+                response::internal_error()
+            });
+            let mut bytes = Vec::new();
+            let keep_alive = response::encode(&response, encoding, date, &mut bytes);
+            (bytes, keep_alive)
         });
-        let keep_alive = response::encode(&response, encoding, &d.date, &mut bytes);
-        *slot = Pending::Ready { bytes, keep_alive };
-        while let Some(Pending::Ready { .. }) = self.pending.front() {
-            let Some(Pending::Ready { bytes, keep_alive }) = self.pending.pop_front() else {
-                unreachable!()
-            };
-            d.out.extend_from_slice(&bytes);
-            if !keep_alive {
-                self.closing = Closing::AfterWrite;
-                self.pending.clear();
-            }
+        if !filled {
+            return Next::Wait; // not ours: an older connection with this key
         }
-        if self.pending.is_empty() && self.timer == Timer::Offload {
+        if self.queue.release(&mut cx.out) == Released::Close {
+            self.closing = Closing::AfterWrite;
+        }
+        if self.queue.is_empty() && self.timer == Timer::Offload {
             self.timer = Timer::Idle;
-            self.deadline = d.now + d.keep_alive_timeout;
+            self.deadline = cx.now + cx.keep_alive_timeout;
         }
-        match self.flush(d) {
+        match self.flush(cx) {
             Next::Wait
                 if self.read_paused && self.output.is_empty() && self.closing == Closing::Open =>
             {
                 self.read_paused = false;
-                self.on_readable(scratch, d)
+                self.on_readable(scratch, cx)
             }
             other => other,
         }
     }
 
     /// Writes the loop's pending output (and any older output first).
-    fn flush<F: ServiceFactory>(&mut self, d: &mut Dispatch<F>) -> Next {
+    fn flush<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
         if self.output.is_empty() {
-            if d.out.is_empty() {
-                return self.after_flush(d);
+            if cx.out.is_empty() {
+                return self.after_flush(cx);
             }
-            let written = match write_all_nonblocking(&mut self.stream, &d.out) {
+            let written = match io::write_nonblocking(&self.socket.stream, &cx.out) {
                 Ok(n) => n,
                 Err(_) => {
-                    d.out.clear();
+                    cx.out.clear();
                     return Next::Close;
                 }
             };
-            if written < d.out.len() {
-                self.output.extend_from_slice(&d.out[written..]);
+            if written < cx.out.len() {
+                self.output.extend_from_slice(&cx.out[written..]);
             }
-            d.out.clear();
+            cx.out.clear();
         } else {
-            self.output.extend_from_slice(&d.out);
-            d.out.clear();
-            match write_all_nonblocking(&mut self.stream, &self.output[self.written..]) {
+            self.output.extend_from_slice(&cx.out);
+            cx.out.clear();
+            match io::write_nonblocking(&self.socket.stream, &self.output[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(_) => return Next::Close,
             }
@@ -680,100 +626,25 @@ impl Conn {
         if !self.output.is_empty() {
             return Next::Wait; // the writable event comes back here
         }
-        self.after_flush(d)
+        self.after_flush(cx)
     }
 
-    fn after_flush<F: ServiceFactory>(&mut self, d: &Dispatch<F>) -> Next {
-        if self.closing != Closing::AfterWrite || !self.pending.is_empty() {
+    fn after_flush<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) -> Next {
+        if self.closing != Closing::AfterWrite || !self.queue.is_empty() {
             return Next::Wait;
         }
         if self.timer != Timer::Linger && self.input.is_empty() {
             return Next::Close;
         }
         // Half-close and wait for the client's FIN (or the linger timeout).
-        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        let _ = self.socket.stream.shutdown(std::net::Shutdown::Write);
         self.input = Vec::new();
         self.closing = Closing::Lingering;
         self.timer = Timer::Linger;
-        self.deadline = self.deadline.min(d.now + LINGER_TIMEOUT);
+        self.deadline = self.deadline.min(cx.now + LINGER_TIMEOUT);
         Next::Wait
     }
 }
 
-/// Whether the response to `head` may leave the connection open, as far
-/// as the request and the loop's state go (the service may still close it).
-fn encoding_keeps_alive<F: ServiceFactory>(head: &Head<'_, '_>, d: &Dispatch<F>) -> bool {
-    // The flag, not only `d.draining`: a drain that began while the handler
-    // ran must already close this connection.
-    head.keep_alive && !d.draining && !d.shared.draining.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// How long a closing connection may keep sending before it is cut.
 const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
-
-enum ReadResult {
-    /// The socket is empty for now.
-    Drained,
-    /// The buffer filled up: there may be more.
-    More,
-    /// The client closed its side.
-    Eof,
-}
-
-/// One read; `Ok(None)` when the socket has nothing for now.
-fn read(stream: &mut TcpStream, buf: &mut [u8]) -> Result<Option<usize>, IoVerdict> {
-    loop {
-        match stream.read(buf) {
-            Ok(n) => return Ok(Some(n)),
-            Err(err) => match sort_io_error(&err) {
-                IoVerdict::Retry => continue,
-                IoVerdict::Wait => return Ok(None),
-                verdict => return Err(verdict),
-            },
-        }
-    }
-}
-
-/// Writes as much of `buf` as the socket takes; `Ok(n)` with `n < len`
-/// means it would block.
-fn write_all_nonblocking(stream: &mut TcpStream, buf: &[u8]) -> Result<usize, IoVerdict> {
-    let mut written = 0;
-    while written < buf.len() {
-        match stream.write(&buf[written..]) {
-            Ok(0) => return Err(IoVerdict::PeerGone),
-            Ok(n) => written += n,
-            Err(err) => match sort_io_error(&err) {
-                IoVerdict::Retry => {}
-                IoVerdict::Wait => break,
-                verdict => return Err(verdict),
-            },
-        }
-    }
-    Ok(written)
-}
-
-fn handler_panicked<F: ServiceFactory>(
-    req: &Request<'_>,
-    payload: &(dyn std::any::Any + Send),
-    d: &mut Dispatch<F>,
-) {
-    let message = crate::shared::panic_message(payload);
-    log::error!(
-        "loop {} handler panicked method={} path={} panic={:?}; answered 500, service rebuilt",
-        d.shared.name(),
-        req.method(),
-        req.path(),
-        message
-    );
-    d.shared.counters.handler_panics.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    // The instance may be half-updated; a fresh one is the safe state. If
-    // the factory itself panics, the loop dies and the supervisor respawns it.
-    d.service = d.factory.new_service(d.shared.slot);
-}
-
-/// Answers a connection accepted over the connection limit, best effort.
-pub(crate) fn refuse_over_limit(stream: &mut std::net::TcpStream, date: &DateCache) {
-    let mut out = Vec::with_capacity(256);
-    response::encode_reject(503, "too many connections", date, &mut out);
-    let _ = stream.write(&out);
-}

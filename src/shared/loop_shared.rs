@@ -1,4 +1,4 @@
-//! State one loop shares with the supervisor and the server handle.
+//! What one loop shares with the supervisor and the server handle.
 //!
 //! # Atomic ordering
 //! Everything here is a statistic or a flag that carries no data with it,
@@ -9,12 +9,15 @@
 //! must notice one promptly. The fd registry is a mutex because its job is
 //! mutual exclusion: see [`FdRegistry`].
 
-use std::os::fd::{OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crossbeam_utils::CachePadded;
+
+use super::counters::SlotCounters;
+use super::lock;
+use super::registry::FdRegistry;
 
 /// A loop's heartbeat: `progress << 1 | busy`.
 ///
@@ -38,101 +41,6 @@ impl Heartbeat {
 
     pub(crate) fn read(&self) -> u64 {
         self.word.load(Relaxed)
-    }
-}
-
-/// Counters of one slot. They outlive the loops of the slot, so replacing
-/// a loop never makes a counter go down.
-#[derive(Debug, Default)]
-pub(crate) struct SlotCounters {
-    pub(crate) requests: CachePadded<AtomicU64>,
-    pub(crate) accepted: AtomicU64,
-    pub(crate) handler_panics: AtomicU64,
-    pub(crate) rejected: AtomicU64,
-    pub(crate) replaced_stalled: AtomicU64,
-    pub(crate) replaced_died: AtomicU64,
-    pub(crate) recycled: AtomicU64,
-    pub(crate) offloaded: AtomicU64,
-}
-
-/// The fds of a loop's connections, so that the supervisor can take them
-/// over when it abandons the loop.
-///
-/// The loop inserts an fd after accepting it and removes it, *and closes
-/// it*, with the lock held; the supervisor duplicates fds with the lock
-/// held. So an fd number the supervisor sees is always the loop's own
-/// socket, never a number the kernel reused for something else.
-#[derive(Debug, Default)]
-pub(crate) struct FdRegistry {
-    /// Indexed by connection token.
-    entries: Vec<Option<Registered>>,
-    /// Set by the supervisor once it has taken the connections over.
-    closed: bool,
-}
-
-#[derive(Debug)]
-struct Registered {
-    fd: RawFd,
-    clean: Arc<CleanFlag>,
-}
-
-/// Whether a connection has no state outside the kernel: no buffered
-/// input or output, no offloaded work, not being served. Such a connection
-/// can move to another loop and lose nothing. Set by its loop with a relaxed
-/// store; read by the supervisor only once the loop is stuck, when it no
-/// longer changes.
-#[derive(Debug, Default)]
-pub(crate) struct CleanFlag(AtomicBool);
-
-impl CleanFlag {
-    #[inline]
-    pub(crate) fn set(&self, clean: bool) {
-        self.0.store(clean, Relaxed);
-    }
-}
-
-/// The sockets of an abandoned loop, as duplicates the supervisor owns.
-#[derive(Debug, Default)]
-pub(crate) struct TakenOver {
-    /// Idle connections, for the replacement loop to serve.
-    pub(crate) clean: Vec<OwnedFd>,
-    /// Connections with state the stuck loop holds: to be shut down.
-    pub(crate) stuck: Vec<OwnedFd>,
-}
-
-impl FdRegistry {
-    pub(crate) fn insert(&mut self, token: usize, fd: RawFd, clean: Arc<CleanFlag>) {
-        if self.entries.len() <= token {
-            self.entries.resize_with(token + 1, || None);
-        }
-        self.entries[token] = Some(Registered { fd, clean });
-    }
-
-    pub(crate) fn remove(&mut self, token: usize) {
-        if let Some(entry) = self.entries.get_mut(token) {
-            *entry = None;
-        }
-    }
-
-    pub(crate) fn is_closed(&self) -> bool {
-        self.closed
-    }
-
-    /// Duplicates every registered socket, sorted into clean and stuck
-    /// ones, and marks the registry closed. The duplicates keep the sockets
-    /// open whatever the abandoned loop does with its own fds later.
-    pub(crate) fn take_over(&mut self) -> TakenOver {
-        debug_assert!(!self.closed, "a loop is abandoned once");
-        self.closed = true;
-        let mut taken = TakenOver::default();
-        for entry in self.entries.iter().flatten() {
-            match crate::sys::duplicate(entry.fd) {
-                Ok(fd) if entry.clean.0.load(Relaxed) => taken.clean.push(fd),
-                Ok(fd) => taken.stuck.push(fd),
-                Err(err) => log::warn!("cannot duplicate fd {}: {err}", entry.fd),
-            }
-        }
-        taken
     }
 }
 
@@ -175,12 +83,15 @@ impl RequestRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LoopState {
+    /// Spawned, not yet listening.
     Starting,
+    /// Accepting and serving.
     Serving,
     /// Finishing its connections before it exits (recycle or shutdown).
     Draining,
     /// Stalled and replaced; its thread has not come back yet.
     Abandoned,
+    /// Its thread has ended.
     Exited,
 }
 
@@ -287,22 +198,6 @@ impl LoopShared {
         self.draining.store(true, Relaxed);
         self.wake();
     }
-}
-
-/// Locks `mutex`, poisoned or not. A panic while it was held (a loop that
-/// died) leaves plain data behind, never half-written invariants, so there
-/// is nothing to refuse.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The message of a panic payload, for the log.
-pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(non-string panic payload)")
 }
 
 #[cfg(test)]

@@ -1,0 +1,101 @@
+//! The part of a loop every one of its connections works with: the
+//! service, the output buffer, the clock and the heartbeat.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+use crate::http::date::DateCache;
+use crate::http::request::Head;
+use crate::http::Limits;
+use crate::offload::{Completion, Pool};
+use crate::shared::{panic_message, LoopShared};
+use crate::{Request, Response, Service, ServiceFactory};
+
+/// Per-loop state a connection works with. Owned by the loop, lent to one
+/// connection at a time.
+pub(crate) struct LoopContext<F: ServiceFactory> {
+    pub(crate) factory: Arc<F>,
+    pub(crate) service: F::Service,
+    /// Reused for every request: reset, not reallocated.
+    pub(crate) response: Response,
+    pub(crate) date: DateCache,
+    pub(crate) limits: Limits,
+    pub(crate) header_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
+    /// The loop's clock, read once per wake-up.
+    pub(crate) now: Instant,
+    /// Heartbeat progress (see `shared::Heartbeat`).
+    pub(crate) progress: u64,
+    /// Requests completed and not yet added to the shared counter.
+    pub(crate) unpublished_requests: u64,
+    pub(crate) shared: Arc<LoopShared>,
+    /// Responses get `Connection: close` while the loop drains.
+    pub(crate) draining: bool,
+    /// The supervisor gave up on this loop while a handler ran.
+    pub(crate) abandoned: bool,
+    /// Responses encoded during the current event, written in one go.
+    pub(crate) out: Vec<u8>,
+    pub(crate) offload: Arc<Pool>,
+    /// Where the pool sends this loop's completions, and how it wakes us.
+    pub(crate) completions: Sender<Completion>,
+    pub(crate) waker: Arc<mio::Waker>,
+    pub(crate) next_job_id: u64,
+}
+
+/// A handler's panic, caught.
+pub(crate) type Panic = Box<dyn std::any::Any + Send>;
+
+impl<F: ServiceFactory> LoopContext<F> {
+    /// Calls the service for `req` into `self.response` (reset first),
+    /// catching a panic, and counts the request as progress.
+    ///
+    /// Afterwards `self.abandoned` tells whether the supervisor gave the
+    /// loop up meanwhile: then the response has nowhere to go.
+    pub(crate) fn call_service(&mut self, req: &Request<'_>) -> Result<(), Panic> {
+        self.shared.current_request.record(req.method, req.path);
+        self.response.reset();
+        let service = &mut self.service;
+        let response = &mut self.response;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| service.call(req, response)));
+        self.progress += 1;
+        self.shared.heartbeat.beat(self.progress, true);
+        self.unpublished_requests += 1;
+        if self.shared.abandoned.load(Relaxed) {
+            self.abandoned = true;
+        }
+        outcome
+    }
+
+    /// Logs a handler's panic and rebuilds the service: the instance may
+    /// be half-updated, and a fresh one is the safe state. If the factory
+    /// itself panics, the loop dies and the supervisor respawns it.
+    pub(crate) fn handler_panicked(&mut self, req: &Request<'_>, payload: &Panic) {
+        log::error!(
+            "loop {} handler panicked method={} path={} panic={:?}; answered 500, service rebuilt",
+            self.shared.name(),
+            req.method(),
+            req.path(),
+            panic_message(payload.as_ref())
+        );
+        self.shared.counters.handler_panics.fetch_add(1, Relaxed);
+        self.service = self.factory.new_service(self.shared.slot);
+    }
+
+    /// Whether the response to `head` may leave the connection open, as
+    /// far as the request and the loop's state go (the service may still
+    /// close it).
+    pub(crate) fn keeps_alive(&self, head: &Head<'_, '_>) -> bool {
+        // The flag, not only `self.draining`: a drain that began while the
+        // handler ran must already close this connection.
+        head.keep_alive && !self.draining && !self.shared.draining.load(Relaxed)
+    }
+
+    /// Counts a request refused before the service ran.
+    pub(crate) fn count_rejected(&self) {
+        self.shared.counters.rejected.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,211 @@
+//! [`Control`], the remote control of a running server, and the
+//! [`Snapshot`] it reads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use serde::Serialize;
+
+use crate::memory::{ArenaStats, ProcessMemory};
+use crate::shared::{lock, Command, LoopShared, LoopState, ServerShared, SlotCounts};
+
+/// A cloneable remote control of a running server, for the admin plane,
+/// signal handlers and the application.
+#[derive(Clone, Debug)]
+pub struct Control {
+    shared: Arc<ServerShared>,
+    commands: Sender<Command>,
+}
+
+impl Control {
+    pub(crate) fn new(shared: Arc<ServerShared>, commands: Sender<Command>) -> Control {
+        Control { shared, commands }
+    }
+
+    /// The address the data plane listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The admin plane's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.shared.admin_addr.get().copied()
+    }
+
+    /// Stops accepting, lets in-flight requests finish (their responses say
+    /// `Connection: close`), closes idle connections, and ends the server
+    /// within the shutdown timeout.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+    }
+
+    /// Ends the server at once: open connections are closed.
+    pub fn stop(&self) {
+        self.shared.stop_now.store(true, Relaxed);
+        let _ = self.commands.send(Command::Stop);
+        for event_loop in self.shared.current_loops() {
+            event_loop.wake();
+        }
+    }
+
+    /// Gracefully replaces the loop of `slot`: a fresh loop takes new
+    /// connections at once, the old one finishes what it has and exits.
+    pub fn recycle(&self, slot: usize) -> Result<(), UnknownSlot> {
+        if slot >= self.shared.config.loops {
+            return Err(UnknownSlot(slot));
+        }
+        let _ = self.commands.send(Command::Recycle(slot));
+        Ok(())
+    }
+
+    /// Recycles every loop, one after another (a rolling restart).
+    pub fn recycle_all(&self) {
+        for slot in 0..self.shared.config.loops {
+            let _ = self.commands.send(Command::Recycle(slot));
+        }
+    }
+
+    /// Ready for traffic: not shutting down.
+    pub fn is_ready(&self) -> bool {
+        !self.shared.draining.load(Relaxed) && !self.shared.stop_now.load(Relaxed)
+    }
+
+    /// Healthy: at least one loop serves and the abandoned-thread budget is
+    /// not used up.
+    pub fn is_healthy(&self) -> bool {
+        let snapshot = self.snapshot();
+        snapshot.loops.iter().any(|l| l.state == LoopState::Serving)
+            && snapshot.abandoned_alive < self.shared.config.max_abandoned
+    }
+
+    /// Counters and states of every loop, read now.
+    pub fn snapshot(&self) -> Snapshot {
+        let shared = &self.shared;
+        let memory = lock(&shared.memory).clone();
+        let describe = |l: &Arc<LoopShared>| LoopSnapshot {
+            slot: l.slot,
+            generation: l.generation,
+            state: l.state(),
+            core: l.core,
+            thread_id: l.tid.load(Relaxed),
+            open_connections: l.open_connections.load(Relaxed),
+            counters: l.counters.read(),
+            memory: memory
+                .arenas
+                .iter()
+                .find(|(key, _)| *key == (l.slot, l.generation))
+                .map(|(_, stats)| *stats),
+            uptime_seconds: l.started.elapsed().as_secs_f64(),
+        };
+        let loops: Vec<LoopSnapshot> = shared.current_loops().iter().map(describe).collect();
+        let abandoned: Vec<LoopSnapshot> = lock(&shared.abandoned).iter().map(describe).collect();
+        let mut totals = SlotCounts::default();
+        for slot in &shared.slots {
+            totals.add(&slot.read());
+        }
+        let pool = &shared.offload.counters;
+        Snapshot {
+            uptime_seconds: shared.started.elapsed().as_secs_f64(),
+            ready: self.is_ready(),
+            totals,
+            abandoned_alive: abandoned.len(),
+            max_abandoned: shared.config.max_abandoned,
+            reclaimed: shared.reclaimed.load(Relaxed),
+            restart_intensity_exceeded: shared.intensity_exceeded.load(Relaxed),
+            open_connections: shared.open_connections.load(Relaxed),
+            offload: OffloadSnapshot {
+                queued: pool.queued.load(Relaxed),
+                running: pool.running.load(Relaxed),
+                completed: pool.completed.load(Relaxed),
+                rejected: pool.rejected.load(Relaxed),
+                panicked: pool.panicked.load(Relaxed),
+            },
+            memory: memory.process,
+            loops,
+            abandoned,
+        }
+    }
+}
+
+/// `recycle` was asked for a slot the server does not have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownSlot(pub usize);
+
+impl std::fmt::Display for UnknownSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no loop in slot {}", self.0)
+    }
+}
+
+impl std::error::Error for UnknownSlot {}
+
+/// Counters and states of a server at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// Seconds since the server started.
+    pub uptime_seconds: f64,
+    /// Not shutting down (what `/readyz` answers).
+    pub ready: bool,
+    /// The counters of every slot added up, all generations.
+    #[serde(flatten)]
+    pub totals: SlotCounts,
+    /// Abandoned threads still alive.
+    pub abandoned_alive: usize,
+    /// Abandoned threads allowed before the server drains and exits.
+    pub max_abandoned: usize,
+    /// Abandoned threads whose handler returned and that exited.
+    pub reclaimed: u64,
+    /// Times the restart intensity limit was exceeded.
+    pub restart_intensity_exceeded: u64,
+    /// Open connections over all loops.
+    pub open_connections: usize,
+    /// The offload pool.
+    pub offload: OffloadSnapshot,
+    /// Process memory; `allocated`/`active`/`resident` are zero without jemalloc.
+    pub memory: Option<ProcessMemory>,
+    /// The current loop of each slot.
+    pub loops: Vec<LoopSnapshot>,
+    /// Abandoned loops whose threads are still alive.
+    pub abandoned: Vec<LoopSnapshot>,
+}
+
+/// The offload pool in a [`Snapshot`].
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct OffloadSnapshot {
+    /// Jobs waiting for a pool thread now.
+    pub queued: u64,
+    /// Jobs running now.
+    pub running: u64,
+    /// Jobs finished, panicked ones included.
+    pub completed: u64,
+    /// Jobs refused (answered 503) because the queue was full.
+    pub rejected: u64,
+    /// Jobs that panicked (answered 500).
+    pub panicked: u64,
+}
+
+/// One loop in a [`Snapshot`].
+#[derive(Clone, Debug, Serialize)]
+pub struct LoopSnapshot {
+    /// The slot (and core, when pinned) the loop serves.
+    pub slot: usize,
+    /// Replacements of the slot before this loop.
+    pub generation: u32,
+    /// What the loop is doing.
+    pub state: LoopState,
+    /// The core it is pinned to.
+    pub core: Option<usize>,
+    /// Its kernel thread id (0 before it runs).
+    pub thread_id: i32,
+    /// Connections it holds now.
+    pub open_connections: usize,
+    /// The slot's counters: they keep counting across replacements.
+    #[serde(flatten)]
+    pub counters: SlotCounts,
+    /// The loop's jemalloc arena, when jemalloc is the allocator.
+    pub memory: Option<ArenaStats>,
+    /// Seconds since this loop started.
+    pub uptime_seconds: f64,
+}

@@ -1,0 +1,510 @@
+//! One event loop: a thread pinned to a core, with its own `mio::Poll` and
+//! connection slab, accepting from the listening socket every loop shares.
+//!
+//! `accept` holds the accept and balancing policy; connections themselves
+//! are `conn`'s.
+
+mod accept;
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::conn::{self, Conn, LoopContext, Next};
+use crate::http::date::DateCache;
+use crate::offload::Completion;
+use crate::shared::{lock, LoopShared, LoopState, ServerShared, SharedSocket};
+use crate::sys;
+use crate::{memory, Response, ServiceFactory};
+use accept::Acceptor;
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+
+/// How long an idle keep-alive connection of a draining loop stays open
+/// for a request its client may already have sent.
+const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
+
+/// Size of the loop's read buffer, shared by all its connections.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Starts loop `shared` on a new thread. `ready` is sent once the loop
+/// listens, or dropped if it fails to start.
+/// `adopt` are connections taken over from a stalled loop, served from the
+/// start.
+pub(crate) fn spawn<F: ServiceFactory>(
+    shared: Arc<LoopShared>,
+    server: Arc<ServerShared>,
+    factory: Arc<F>,
+    adopt: Vec<TcpStream>,
+    ready: crossbeam_channel::Sender<()>,
+) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
+        // Marks the loop exited however the thread ends, unwinding included.
+        let _exited = ExitGuard(shared.clone());
+        shared.tid.store(sys::thread_id(), Relaxed);
+        if let Some(core) = shared.core {
+            if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                log::warn!("loop {} could not be pinned to core {core}", shared.name());
+            }
+        }
+        *lock(&shared.arena) = memory::bind_thread_arena();
+        let service = factory.new_service(shared.slot);
+        match EventLoop::new(shared.clone(), server, factory, service) {
+            Ok(event_loop) => {
+                if let Err(err) = event_loop.run(adopt, ready) {
+                    log::error!("loop {} failed: {err}", shared.name());
+                }
+            }
+            Err(err) => log::error!("loop {} could not start: {err}", shared.name()),
+        }
+    })
+}
+
+struct ExitGuard(Arc<LoopShared>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(arena) = *lock(&self.0.arena) {
+            memory::purge_arena(arena);
+        }
+        self.0.set_state(LoopState::Exited);
+    }
+}
+
+struct EventLoop<F: ServiceFactory> {
+    poll: Poll,
+    conns: Slab<Conn>,
+    cx: LoopContext<F>,
+    scratch: Vec<u8>,
+    /// Results of offloaded work, announced by the waker.
+    completions: crossbeam_channel::Receiver<Completion>,
+    server: Arc<ServerShared>,
+    acceptor: Acceptor,
+    /// Connections accepted in the current batch, not yet set up.
+    accepted: Vec<TcpStream>,
+    /// Connections whose read budget ran out with input possibly left.
+    deferred: Vec<usize>,
+    next_sweep: Instant,
+    sweep_every: Duration,
+    drain_deadline: Option<Instant>,
+}
+
+impl<F: ServiceFactory> EventLoop<F> {
+    fn new(
+        shared: Arc<LoopShared>,
+        server: Arc<ServerShared>,
+        factory: Arc<F>,
+        service: F::Service,
+    ) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        *lock(&shared.waker) = Some(waker.clone());
+        let (completions_tx, completions) = crossbeam_channel::unbounded();
+        let config = &server.config;
+        // Timers are checked by a sweep over the connections; a quarter of
+        // the shortest timeout keeps them within 25% of their value.
+        let sweep_every = (config.header_timeout.min(config.keep_alive_timeout) / 4)
+            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let now = Instant::now();
+        Ok(EventLoop {
+            poll,
+            conns: Slab::with_capacity(1024),
+            cx: LoopContext {
+                factory,
+                service,
+                response: Response::new(),
+                date: DateCache::new(),
+                limits: config.limits.clone(),
+                header_timeout: config.header_timeout,
+                keep_alive_timeout: config.keep_alive_timeout,
+                now,
+                progress: 0,
+                unpublished_requests: 0,
+                shared,
+                draining: false,
+                abandoned: false,
+                out: Vec::with_capacity(SCRATCH_BYTES),
+                offload: server.offload.clone(),
+                completions: completions_tx,
+                waker,
+                next_job_id: 0,
+            },
+            completions,
+            scratch: vec![0; SCRATCH_BYTES],
+            server,
+            acceptor: Acceptor::default(),
+            accepted: Vec::with_capacity(accept::ACCEPTS_PER_REARM as usize),
+            deferred: Vec::new(),
+            next_sweep: now + sweep_every,
+            sweep_every,
+            drain_deadline: None,
+        })
+    }
+
+    fn run(
+        mut self,
+        adopt: Vec<TcpStream>,
+        ready: crossbeam_channel::Sender<()>,
+    ) -> io::Result<()> {
+        self.acceptor.listen(&self.poll, &self.server)?;
+        self.cx.shared.set_state(LoopState::Serving);
+        let _ = ready.send(());
+        drop(ready);
+        self.cx.now = Instant::now();
+        for stream in adopt {
+            self.add_conn(stream);
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            self.wait(&mut events)?;
+            self.handle(&events);
+            if self.after_events() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Polls, with the heartbeat's busy bit clear while it waits.
+    fn wait(&mut self, events: &mut Events) -> io::Result<()> {
+        let timeout = self.poll_timeout();
+        self.cx.shared.heartbeat.beat(self.cx.progress, false);
+        if let Err(err) = self.poll.poll(events, timeout) {
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+        self.cx.progress += 1;
+        self.cx.shared.heartbeat.beat(self.cx.progress, true);
+        self.cx.now = Instant::now();
+        self.cx.date.refresh(SystemTime::now());
+        Ok(())
+    }
+
+    /// Serves every event of one wake-up, then the connections whose read
+    /// budget ran out.
+    fn handle(&mut self, events: &Events) {
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_and_share(),
+                // Offloaded work came back, a sibling left connections
+                // to accept, or a flag checked in `after_events` was set.
+                WAKER => {
+                    self.take_completions();
+                    if self.cx.shared.accept_hint.swap(false, Relaxed) {
+                        self.accept_and_share();
+                    }
+                }
+                Token(key) => {
+                    let closed = event.is_read_closed() || event.is_error();
+                    if closed {
+                        if let Some(conn) = self.conns.get_mut(key) {
+                            conn.note_peer_closed();
+                        }
+                    }
+                    self.on_conn_event(key, event.is_readable() || closed, event.is_writable());
+                }
+            }
+            if self.cx.abandoned {
+                return;
+            }
+        }
+        for key in std::mem::take(&mut self.deferred) {
+            self.on_conn_event(key, true, false);
+            if self.cx.abandoned {
+                return;
+            }
+        }
+    }
+
+    /// Acts on what the supervisor or the server asked for and runs
+    /// timers; true when the loop is done (drained, stopped or given up on).
+    fn after_events(&mut self) -> bool {
+        self.publish_counters();
+        if self.cx.abandoned || self.cx.shared.abandoned.load(Relaxed) {
+            self.exit_abandoned();
+            return true;
+        }
+        if self.server.stop_now.load(Relaxed) {
+            self.close_all();
+            return true;
+        }
+        if !self.cx.draining
+            && (self.cx.shared.draining.load(Relaxed) || self.server.draining.load(Relaxed))
+        {
+            self.begin_drain();
+        }
+        if self.cx.now >= self.next_sweep {
+            self.sweep();
+        }
+        let (now, draining) = (self.cx.now, self.cx.draining);
+        self.acceptor.resume_if_due(&self.poll, &self.server, &self.cx.shared, now, draining);
+        self.cx.draining && self.drained()
+    }
+
+    /// While draining: done once no connection is left, or at the deadline.
+    fn drained(&mut self) -> bool {
+        if self.conns.is_empty() {
+            log::info!("loop {} drained, exiting", self.cx.shared.name());
+            return true;
+        }
+        if self.drain_deadline.is_some_and(|deadline| self.cx.now >= deadline) {
+            log::warn!(
+                "loop {} drain timed out, closing connections={}",
+                self.cx.shared.name(),
+                self.conns.len()
+            );
+            self.close_all();
+            return true;
+        }
+        false
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.deferred.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        // An idle loop sleeps until something happens: nobody needs it to
+        // wake up just to prove it is alive.
+        let mut wake_at = None;
+        if !self.conns.is_empty() {
+            wake_at = Some(self.next_sweep);
+        }
+        for at in [self.acceptor.paused_until(), self.drain_deadline].into_iter().flatten() {
+            wake_at = Some(wake_at.map_or(at, |w: Instant| w.min(at)));
+        }
+        wake_at.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Accepts a batch, sets the connections up, then lets the accept
+    /// policy share the rest with the other loops.
+    fn accept_and_share(&mut self) {
+        let mut accepted = std::mem::take(&mut self.accepted);
+        let (now, shared) = (self.cx.now, &self.cx.shared);
+        let backlog_left =
+            self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
+        for stream in accepted.drain(..) {
+            self.add_conn(stream);
+        }
+        self.accepted = accepted;
+        let mine = self.conns.len();
+        let shared = &self.cx.shared;
+        self.acceptor.share(&self.poll, &self.server, shared, now, mine, backlog_left);
+    }
+
+    /// Accepts until the backlog is empty.
+    fn accept_backlog(&mut self) {
+        while self.acceptor.is_listening() {
+            self.acceptor.new_batch();
+            let mut accepted = std::mem::take(&mut self.accepted);
+            let (now, shared) = (self.cx.now, &self.cx.shared);
+            let more =
+                self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
+            for stream in accepted.drain(..) {
+                self.add_conn(stream);
+            }
+            self.accepted = accepted;
+            if !more {
+                break;
+            }
+        }
+    }
+
+    fn add_conn(&mut self, stream: TcpStream) {
+        let server = &self.server;
+        if server.open_connections.fetch_add(1, Relaxed) >= server.config.max_connections {
+            server.open_connections.fetch_sub(1, Relaxed);
+            self.cx.count_rejected();
+            conn::refuse_over_limit(&stream, &self.cx.date);
+            return;
+        }
+        // Responses are written whole, once per batch: Nagle would only
+        // delay them.
+        if let Err(err) = stream.set_nodelay(true) {
+            log::debug!("set TCP_NODELAY failed: {err}");
+        }
+        let socket = Arc::new(SharedSocket::new(stream));
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        {
+            let mut registry = self.cx.shared.registry();
+            if registry.is_closed() {
+                // Abandoned between poll and here; the stream closes on drop.
+                server.open_connections.fetch_sub(1, Relaxed);
+                return;
+            }
+            registry.insert(key, socket.clone());
+        }
+        // Both interests once, edge-triggered: no re-registration later.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&socket.stream);
+        if let Err(err) = self.poll.registry().register(
+            &mut SourceFd(&fd),
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("loop {} register failed: {err}", self.cx.shared.name());
+            self.cx.shared.registry().remove(key);
+            server.open_connections.fetch_sub(1, Relaxed);
+            return;
+        }
+        entry.insert(Conn::new(socket, key, self.cx.now, self.cx.header_timeout));
+        self.cx.shared.open_connections.fetch_add(1, Relaxed);
+        self.cx.shared.counters.accepted.fetch_add(1, Relaxed);
+        server.accepted_total.fetch_add(1, Relaxed);
+        // Clients send their request right after connecting, so it is
+        // usually here already: reading now saves a trip through epoll_wait
+        // per connection (a third of the syscalls of a `Connection: close`
+        // request). If nothing came yet, the registration's event follows.
+        self.on_conn_event(key, true, false);
+    }
+
+    fn take_completions(&mut self) {
+        while let Ok(completion) = self.completions.try_recv() {
+            let key = completion.conn;
+            // A connection closed meanwhile: its result is dropped quietly.
+            self.serve(key, |conn, scratch, cx| conn.complete(completion, scratch, cx));
+        }
+    }
+
+    fn on_conn_event(&mut self, key: usize, readable: bool, writable: bool) {
+        self.serve(key, |conn, scratch, cx| {
+            let mut next = Next::Wait;
+            if writable {
+                next = conn.on_writable(scratch, cx);
+            }
+            if readable && next != Next::Close {
+                next = conn.on_readable(scratch, cx);
+            }
+            next
+        });
+    }
+
+    /// Runs `work` on connection `key` (if it is still open) and acts on
+    /// what it returns.
+    fn serve(
+        &mut self,
+        key: usize,
+        work: impl FnOnce(&mut Conn, &mut [u8], &mut LoopContext<F>) -> Next,
+    ) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return; // closed earlier in this batch
+        };
+        // Not movable while it is being served (a handler may stall here).
+        conn.socket.set_clean(false);
+        let next = work(conn, &mut self.scratch, &mut self.cx);
+        if next != Next::Close {
+            conn.socket.set_clean(conn.is_clean());
+        }
+        match next {
+            Next::Wait => {}
+            Next::Deferred => self.deferred.push(key),
+            Next::Close => self.close(key),
+        }
+    }
+
+    /// Closes a connection: its socket closes once the registry lets go too
+    /// (see `shared::FdRegistry`).
+    fn close(&mut self, key: usize) {
+        let Some(conn) = self.conns.try_remove(key) else {
+            return;
+        };
+        // Output encoded for this connection and not written has nowhere to go.
+        self.cx.out.clear();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.socket.stream);
+        // Closing the fd would remove it from the epoll set, unless the
+        // supervisor holds a duplicate: then only this does.
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        let mut registry = self.cx.shared.registry();
+        registry.remove(key);
+        // Once the registry is closed (abandoned), the supervisor has taken
+        // this loop's connections off the server's count.
+        if !registry.is_closed() {
+            self.server.open_connections.fetch_sub(1, Relaxed);
+        }
+        drop(registry);
+        self.cx.shared.open_connections.fetch_sub(1, Relaxed);
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key);
+        }
+    }
+
+    /// Applies connection deadlines: idle timeout, 408 for slow requests.
+    fn sweep(&mut self) {
+        self.next_sweep = self.cx.now + self.sweep_every;
+        let now = self.cx.now;
+        let expired: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.deadline <= now)
+            .map(|(key, _)| key)
+            .collect();
+        for key in expired {
+            if let Some(conn) = self.conns.get_mut(key) {
+                if conn.on_deadline(&mut self.cx) == Next::Close {
+                    self.close(key);
+                }
+            }
+        }
+    }
+
+    /// Stops accepting and lets connections finish: idle ones close now,
+    /// the others after their next response (which says `Connection: close`).
+    fn begin_drain(&mut self) {
+        self.cx.draining = true;
+        self.cx.shared.set_state(LoopState::Draining);
+        if self.server.draining.load(Relaxed) {
+            // The whole server stops: clients that connected before the
+            // signal are in the backlog and must be served, not reset when
+            // the supervisor closes the listener.
+            self.accept_backlog();
+        }
+        self.acceptor.stop_listening(&self.poll, &self.server, &self.cx.shared);
+        self.cx.shared.accepted_final.store(true, Relaxed);
+        let timeout = if self.server.draining.load(Relaxed) {
+            self.server.config.shutdown_timeout
+        } else {
+            self.server.config.drain_timeout
+        };
+        self.drain_deadline = Some(self.cx.now + timeout);
+        // Idle keep-alive connections are not closed at once: a client may
+        // be sending its next request right now, and closing under it
+        // would lose that request. Each gets a short grace; a request that
+        // comes in it is answered with `Connection: close`.
+        let grace = self.cx.now + DRAIN_IDLE_GRACE;
+        for (_, conn) in self.conns.iter_mut() {
+            conn.close_when_idle_by(grace);
+        }
+        self.next_sweep = self.next_sweep.min(grace);
+        log::info!("loop {} draining open={}", self.cx.shared.name(), self.conns.len());
+    }
+
+    fn publish_counters(&mut self) {
+        if self.cx.unpublished_requests > 0 {
+            self.cx.shared.counters.requests.fetch_add(self.cx.unpublished_requests, Relaxed);
+            self.cx.unpublished_requests = 0;
+        }
+    }
+
+    /// The supervisor replaced this loop while a handler ran. Its sockets
+    /// are already shut down; let go of them and end.
+    fn exit_abandoned(&mut self) {
+        self.publish_counters();
+        self.conns.clear();
+        self.cx.shared.open_connections.store(0, Relaxed);
+        log::info!(
+            "loop {} handler returned after the loop was abandoned; thread exits",
+            self.cx.shared.name()
+        );
+    }
+}

@@ -1,0 +1,112 @@
+//! State shared between threads: what the whole server shares
+//! ([`ServerShared`]), what each loop shares ([`LoopShared`]), the per-slot
+//! counters and the connection registry the supervisor takes loops over by.
+//!
+//! Every other module rests on this one; it depends on none of them but
+//! `sys`, `memory`, `offload` and `config`.
+
+mod counters;
+mod loop_shared;
+mod registry;
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Instant;
+
+pub(crate) use counters::SlotCounters;
+pub use counters::SlotCounts;
+pub use loop_shared::LoopState;
+pub(crate) use loop_shared::{Heartbeat, LoopShared};
+pub(crate) use registry::SharedSocket;
+
+use crate::config::Config;
+use crate::memory::{ArenaStats, ProcessMemory};
+use crate::offload::Pool;
+
+/// State the loops, the supervisor and the handles share.
+///
+/// # Atomic ordering
+/// The flags and counters here carry no data with them: `Relaxed`. A loop
+/// that must notice a flag promptly is woken through its `mio::Waker`
+/// after the store, and the wake-up (a syscall) orders the store before it.
+#[derive(Debug)]
+pub(crate) struct ServerShared {
+    pub(crate) config: Config,
+    pub(crate) listener: TcpListener,
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) started: Instant,
+    /// Open connections over all loops, for `max_connections`.
+    pub(crate) open_connections: AtomicUsize,
+    /// Connections accepted by any loop, ever (see the accept policy).
+    pub(crate) accepted_total: AtomicU64,
+    /// A graceful shutdown is in progress.
+    pub(crate) draining: AtomicBool,
+    /// Stop at once: loops close everything and exit.
+    pub(crate) stop_now: AtomicBool,
+    pub(crate) slots: Vec<Arc<SlotCounters>>,
+    /// The current loop of each slot.
+    pub(crate) loops: Mutex<Vec<Arc<LoopShared>>>,
+    /// Abandoned loops whose threads have not returned.
+    pub(crate) abandoned: Mutex<Vec<Arc<LoopShared>>>,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) intensity_exceeded: AtomicU64,
+    pub(crate) memory: Mutex<MemoryReport>,
+    pub(crate) admin_addr: OnceLock<SocketAddr>,
+    pub(crate) offload: Arc<Pool>,
+}
+
+impl ServerShared {
+    /// The current loop of each slot.
+    pub(crate) fn current_loops(&self) -> Vec<Arc<LoopShared>> {
+        lock(&self.loops).clone()
+    }
+
+    /// Asks the loop after `slot` to accept what is left in the backlog.
+    pub(crate) fn nudge_next_loop(&self, slot: usize) {
+        let next = {
+            let loops = lock(&self.loops);
+            if loops.len() < 2 {
+                return;
+            }
+            loops[(slot + 1) % loops.len()].clone()
+        };
+        next.accept_hint.store(true, Relaxed);
+        next.wake();
+    }
+}
+
+/// The supervisor's last memory reading.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct MemoryReport {
+    pub(crate) process: Option<ProcessMemory>,
+    /// Keyed by (slot, generation).
+    pub(crate) arenas: Vec<((usize, u32), ArenaStats)>,
+}
+
+/// What a [`Control`](crate::Control) asks of the supervisor.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Replace the loop of this slot gracefully.
+    Recycle(usize),
+    /// Drain every loop and end.
+    Shutdown,
+    /// End at once.
+    Stop,
+}
+
+/// Locks `mutex`, poisoned or not. A panic while it was held (a loop that
+/// died) leaves plain data behind, never half-written invariants, so there
+/// is nothing to refuse.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The message of a panic payload, for the log.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(non-string panic payload)")
+}
