@@ -1,4 +1,4 @@
-//! The binary's service: the chapter's hello world, plus, with `--demo`,
+//! The binary's service: hello world, plus, with `--demo`,
 //! routes that misbehave on purpose so the supervisor can be watched at work.
 
 use std::time::{Duration, Instant};

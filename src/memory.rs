@@ -1,6 +1,6 @@
 //! Per-loop memory: each loop thread allocates from its own jemalloc arena,
 //! so the supervisor can tell which loop holds how much (threads share one
-//! heap, unlike the chapter's worker processes).
+//! heap, unlike worker processes, which the kernel measures one by one).
 //!
 //! Everything here degrades to "unavailable" when jemalloc is not the
 //! global allocator: the library must work under any allocator.

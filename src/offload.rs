@@ -15,10 +15,8 @@ use std::thread;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use crossbeam_utils::CachePadded;
 
+use crate::http::response::Work;
 use crate::Response;
-
-/// Work that fills in a response on a pool thread.
-pub(crate) type Work = Box<dyn FnOnce(&mut Response) + Send + 'static>;
 
 /// One offloaded request, on its way to the pool.
 pub(crate) struct Job {
@@ -36,8 +34,8 @@ pub(crate) struct Job {
 pub(crate) struct Completion {
     pub(crate) conn: usize,
     pub(crate) id: u64,
-    /// The response, or the panic message of the work.
-    pub(crate) result: Result<Response, String>,
+    /// The response, or the panic of the work.
+    pub(crate) result: Result<Response, Box<dyn std::any::Any + Send>>,
 }
 
 /// Pool-wide counters.
@@ -102,7 +100,7 @@ fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
             Ok(()) => Ok(response),
             Err(payload) => {
                 counters.panicked.fetch_add(1, Relaxed);
-                Err(crate::shared::panic_message(payload.as_ref()).to_string())
+                Err(payload)
             }
         };
         counters.running.fetch_sub(1, Relaxed);

@@ -154,3 +154,43 @@ pub(crate) fn sort_io_error(err: &io::Error) -> IoVerdict {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict_of(errno: i32) -> IoVerdict {
+        sort_io_error(&io::Error::from_raw_os_error(errno))
+    }
+
+    #[test]
+    fn io_errors_are_sorted_by_what_the_caller_must_do() {
+        assert_eq!(verdict_of(libc::EAGAIN), IoVerdict::Wait);
+        assert_eq!(verdict_of(libc::EINTR), IoVerdict::Retry);
+        for gone in [
+            libc::ECONNRESET,
+            libc::EPIPE,
+            libc::ENOTCONN,
+            libc::ECONNABORTED,
+            libc::ETIMEDOUT,
+            libc::EPROTO,
+        ] {
+            assert_eq!(verdict_of(gone), IoVerdict::PeerGone, "errno {gone}");
+        }
+        for out in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert_eq!(verdict_of(out), IoVerdict::OutOfFds, "errno {out}");
+        }
+        assert_eq!(verdict_of(libc::EBADF), IoVerdict::Fatal);
+        assert_eq!(verdict_of(libc::EINVAL), IoVerdict::Fatal);
+    }
+
+    #[test]
+    fn peer_addr_of_reads_a_connected_socket_and_refuses_others() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        assert_eq!(peer_addr_of(server.as_raw_fd()), Some(client.local_addr().unwrap()));
+        assert_eq!(peer_addr_of(listener.as_raw_fd()), None, "a listener has no peer");
+        assert_eq!(peer_addr_of(-1), None);
+    }
+}

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use crate::http::body::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
+use crate::http::response::Work;
 use crate::http::response::{self, Encoding, CONTINUE};
 use crate::http::{Reject, MAX_HEADERS_CAP};
-use crate::offload::{Completion, Job, Work};
-use crate::shared::SharedSocket;
+use crate::offload::{Completion, Job};
+use crate::shared::{panic_message, SharedSocket};
 use crate::sys::IoVerdict;
 use crate::{Request, Response, ServiceFactory};
 pub(crate) use context::LoopContext;
@@ -565,7 +566,7 @@ impl Conn {
         let filled = self.queue.fill(completion.id, |mut encoding| {
             encoding.keep_alive &= !draining;
             let response = completion.result.unwrap_or_else(|panic| {
-                let name = shared.name();
+                let (name, panic) = (shared.name(), panic_message(panic.as_ref()));
                 log::error!("loop {name} offloaded work panicked panic={panic:?}; answered 500");
                 response::internal_error()
             });

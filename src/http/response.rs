@@ -5,6 +5,9 @@ use std::borrow::Cow;
 use super::date::DateCache;
 use super::is_tchar;
 
+/// Work that fills in a response on a pool thread.
+pub(crate) type Work = Box<dyn FnOnce(&mut Response) + Send + 'static>;
+
 /// The response a service fills in. One is reused per loop, reset between
 /// requests, so a hello world allocates nothing.
 pub struct Response {
@@ -14,7 +17,7 @@ pub struct Response {
     /// The service asked for the connection to close after this response.
     pub(crate) close: bool,
     /// Work to finish this response on the offload pool.
-    pub(crate) offload: Option<crate::offload::Work>,
+    pub(crate) offload: Option<Work>,
 }
 
 impl std::fmt::Debug for Response {
