@@ -650,6 +650,7 @@ mod tests {
             (422, "Unprocessable Content"),
             (429, "Too Many Requests"),
             (431, "Request Header Fields Too Large"),
+            (501, "Not Implemented"),
             (505, "HTTP Version Not Supported"),
             (306, ""),
             (418, ""),
