@@ -239,9 +239,22 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "ms", "2 weeks", "-1s", "1e400s", "abc"] {
+        for bad in ["", "ms", "2 weeks", "-1s", "1e400s", "abc", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn durations_over_a_year_are_too_long() {
+        // 400 digits parse as an infinite f64, which Duration cannot hold.
+        let infinite = format!("1{}s", "0".repeat(400));
+        for long in ["1000000000s", "99999999h", "8761h", "525601m", infinite.as_str()] {
+            let Err(err) = parse_duration(long) else { panic!("{long:?} accepted") };
+            assert!(err.ends_with(": too long"), "{long:?}: {err}");
+        }
+        // The limit itself is fine.
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86400)));
+        assert_eq!(parse_duration("31536000"), Ok(Duration::from_secs(365 * 86400)));
     }
 
     #[test]
