@@ -1,5 +1,6 @@
 //! The `vigil` binary: argument errors, and the abandoned-thread budget.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -27,16 +28,45 @@ fn invalid_values_exit_2_with_one_line() {
     }
 }
 
+/// Every long flag of `vigil --help` is in the README's flag table, and
+/// every flag of the table is in `--help`: an undocumented flag, or a
+/// documented one that is gone, fails.
 #[test]
 fn help_lists_every_flag() {
     let output = Command::new(VIGIL).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in
-        ["--listen", "--loops", "--stall-timeout", "--max-abandoned", "--mem-limit", "--demo"]
-    {
-        assert!(help.contains(flag), "{flag} missing from --help");
-    }
+    // Option lines: `      --listen <LISTEN>`, `  -h, --help`.
+    let in_help: BTreeSet<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('-'))
+        .filter_map(|line| long_flags(line).into_iter().next())
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    // Rows of the flag table: | `--flag ARG` | default | meaning |
+    let in_readme: BTreeSet<String> =
+        readme.lines().filter(|line| line.starts_with("| `--")).flat_map(long_flags).collect();
+    let undocumented: Vec<_> = in_help.difference(&in_readme).collect();
+    assert!(undocumented.is_empty(), "flags missing from the README table: {undocumented:?}");
+    let missing: Vec<_> = in_readme.difference(&in_help).collect();
+    assert!(missing.is_empty(), "README flags missing from --help: {missing:?}");
+}
+
+/// The `--long-flag` tokens of `text`, in order.
+fn long_flags(text: &str) -> Vec<String> {
+    text.match_indices("--")
+        .map(|(at, _)| {
+            let name: String = text[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect();
+            format!("--{name}")
+        })
+        .filter(|flag| flag.len() > 2)
+        .collect()
 }
 
 /// Starts the binary and returns it with the address it logged.
