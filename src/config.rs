@@ -10,11 +10,14 @@ use crate::http::{Limits, MAX_HEADERS_CAP};
 /// Everything a running server needs to know, with production defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Address to listen on; port 0 picks a free one
+    /// ([`Control::local_addr`](crate::Control::local_addr) tells which).
     pub listen: SocketAddr,
     /// Event loops, one per core (default: the cores this process may use).
     pub loops: usize,
     /// Pin loop `i` to the `i`-th allowed core.
     pub pin: bool,
+    /// What a client may send: head size, header count, body size.
     pub limits: Limits,
     /// Time allowed from the first byte of a request head to its end, and
     /// between reads of a body (past it: 408).
@@ -34,6 +37,7 @@ pub struct Config {
     /// Restart intensity: more than `restart_limit` replacements within
     /// `restart_window` is logged as an error and counted.
     pub restart_limit: u32,
+    /// The window of `restart_limit`.
     pub restart_window: Duration,
     /// How long a recycled loop may take to finish its connections.
     pub drain_timeout: Duration,
@@ -173,7 +177,17 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds.
+/// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds,
+/// up to a year; the error says what is wrong with `text`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(vigil::parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert!(vigil::parse_duration("2 weeks").unwrap_err().contains("unknown unit"));
+/// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -200,7 +214,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes.
+/// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes
+/// (units in any case; `kB`, `MB`, `GB`, `TB` are powers of ten).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(vigil::parse_size("64MiB"), Ok(64 << 20));
+/// assert_eq!(vigil::parse_size("10MB"), Ok(10_000_000));
+/// ```
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());

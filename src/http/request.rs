@@ -8,7 +8,10 @@ use super::{Limits, Reject};
 /// HTTP version of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
+    /// `HTTP/1.0`: the connection closes after the response unless the
+    /// client asked for keep-alive.
     Http10,
+    /// `HTTP/1.1`: keep-alive unless either side says `Connection: close`.
     Http11,
 }
 
@@ -578,6 +581,7 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// The HTTP version of the request line.
     pub fn version(&self) -> Version {
         self.version
     }

@@ -131,10 +131,13 @@ impl Response {
         self
     }
 
+    /// The status set so far (`200` unless [`status`](Response::status)
+    /// changed it).
     pub fn status_code(&self) -> u16 {
         self.status
     }
 
+    /// The body set so far, static or owned.
     pub fn body_bytes(&self) -> &[u8] {
         match &self.body {
             Body::Static(bytes) => bytes,
