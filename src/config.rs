@@ -301,11 +301,48 @@ mod tests {
 
     #[test]
     fn validation_names_the_setting() {
-        let config = Config { loops: 0, ..Config::default() };
-        assert!(config.validate().unwrap_err().to_string().contains("loops"));
-        let mut config = Config::default();
-        config.limits.max_headers = 10_000;
-        assert!(config.validate().unwrap_err().to_string().contains("max headers"));
-        assert!(Config::default().validate().is_ok());
+        type Change = fn(&mut Config);
+        // Each change, and the setting the refusal must name (None: valid,
+        // the bound itself).
+        let table: &[(Change, Option<&str>)] = &[
+            (|c| c.loops = 0, Some("loops")),
+            (|c| c.loops = 1025, Some("loops")),
+            (|c| c.loops = 1024, None),
+            (|c| c.limits.max_head_bytes = 63, Some("max head bytes")),
+            (|c| c.limits.max_head_bytes = 64, None),
+            (|c| c.limits.max_head_bytes = (1 << 20) + 1, Some("max head bytes")),
+            (|c| c.limits.max_headers = 0, Some("max headers")),
+            (|c| c.limits.max_headers = MAX_HEADERS_CAP + 1, Some("max headers")),
+            (|c| c.limits.max_headers = MAX_HEADERS_CAP, None),
+            (|c| c.limits.max_body_bytes = (1 << 40) + 1, Some("max body bytes")),
+            (|c| c.limits.max_body_bytes = 0, None),
+            (|c| c.offload_threads = 0, Some("offload threads")),
+            (|c| c.offload_threads = 4097, Some("offload threads")),
+            (|c| c.offload_queue = 0, Some("offload queue")),
+            (|c| c.max_connections = 0, Some("max connections")),
+            (|c| c.header_timeout = Duration::ZERO, Some("header timeout")),
+            (|c| c.keep_alive_timeout = Duration::ZERO, Some("keep-alive timeout")),
+            (|c| c.restart_window = Duration::ZERO, Some("restart window")),
+            (|c| c.mem_interval = Duration::ZERO, Some("memory interval")),
+            // Zero turns stall detection off; it is not an error.
+            (|c| c.stall_timeout = Duration::ZERO, None),
+            (|c| c.admin_token = Some("a".repeat(15)), Some("admin token")),
+            (|c| c.admin_token = Some("0123456789 abcdef".into()), Some("admin token")),
+            (|c| c.admin_token = Some("a".repeat(16)), None),
+            (|c| c.check_interval = Some(Duration::from_micros(999)), Some("check interval")),
+            (|c| c.check_interval = Some(Duration::from_millis(1)), None),
+        ];
+        assert_eq!(Config::default().validate(), Ok(()));
+        for (i, (change, names)) in table.iter().enumerate() {
+            let mut config = Config::default();
+            change(&mut config);
+            match (config.validate(), names) {
+                (Ok(()), None) => {}
+                (Err(err), Some(name)) => {
+                    assert!(err.to_string().starts_with(name), "row {i}: {err}");
+                }
+                (got, want) => panic!("row {i}: got {got:?}, want a refusal naming {want:?}"),
+            }
+        }
     }
 }

@@ -1016,6 +1016,33 @@ mod tests {
     }
 
     #[test]
+    fn query_params_and_headers() {
+        let headers = [
+            httparse::Header { name: "Host", value: b"a" },
+            httparse::Header { name: "X-A", value: b"1" },
+            httparse::Header { name: "x-a", value: b"2" },
+        ];
+        let req = Request {
+            method: "GET",
+            path: "/p",
+            query: Some("a=1&b=&c&a=2&sp=%20"),
+            version: Version::Http11,
+            headers: &headers,
+            body: b"",
+        };
+        for (name, want) in
+            [("a", Some("1")), ("b", Some("")), ("c", Some("")), ("sp", Some("%20")), ("d", None)]
+        {
+            assert_eq!(req.query_param(name), want, "{name}");
+        }
+        assert_eq!(req.header("X-A"), Some(&b"1"[..]), "the first, in any case");
+        assert_eq!(req.header("x-b"), None);
+        let all: Vec<_> = req.headers().map(|(n, v)| (n, v[0])).collect();
+        assert_eq!(all, [("Host", b'a'), ("X-A", b'1'), ("x-a", b'2')]);
+        assert_eq!(Request { query: None, ..req }.query_param("a"), None);
+    }
+
+    #[test]
     fn name_is_exact_on_tokens() {
         for b in (0..=255u8).filter(|&b| crate::http::is_tchar(b)) {
             for &c in b"abcdefghijklmnopqrstuvwxyz-" {
