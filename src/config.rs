@@ -10,11 +10,14 @@ use crate::http::{Limits, MAX_HEADERS_CAP};
 /// Everything a running server needs to know, with production defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// Address to listen on; port 0 picks a free one
+    /// ([`Control::local_addr`](crate::Control::local_addr) tells which).
     pub listen: SocketAddr,
     /// Event loops, one per core (default: the cores this process may use).
     pub loops: usize,
     /// Pin loop `i` to the `i`-th allowed core.
     pub pin: bool,
+    /// What a client may send: head size, header count, body size.
     pub limits: Limits,
     /// Time allowed from the first byte of a request head to its end, and
     /// between reads of a body (past it: 408).
@@ -34,6 +37,7 @@ pub struct Config {
     /// Restart intensity: more than `restart_limit` replacements within
     /// `restart_window` is logged as an error and counted.
     pub restart_limit: u32,
+    /// The window of `restart_limit`.
     pub restart_window: Duration,
     /// How long a recycled loop may take to finish its connections.
     pub drain_timeout: Duration,
@@ -173,7 +177,17 @@ impl Config {
     }
 }
 
-/// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds.
+/// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds,
+/// up to a year; the error says what is wrong with `text`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+///
+/// assert_eq!(vigil::parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+/// assert!(vigil::parse_duration("2 weeks").unwrap_err().contains("unknown unit"));
+/// ```
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
@@ -200,7 +214,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-/// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes.
+/// Parses `64MiB`, `1GiB`, `512KiB`, `10MB`, `4k` or a bare number of bytes
+/// (units in any case; `kB`, `MB`, `GB`, `TB` are powers of ten).
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(vigil::parse_size("64MiB"), Ok(64 << 20));
+/// assert_eq!(vigil::parse_size("10MB"), Ok(10_000_000));
+/// ```
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -239,9 +261,22 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "ms", "2 weeks", "-1s", "1e400s", "abc"] {
+        for bad in ["", "ms", "2 weeks", "-1s", "1e400s", "abc", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn durations_over_a_year_are_too_long() {
+        // 400 digits parse as an infinite f64, which Duration cannot hold.
+        let infinite = format!("1{}s", "0".repeat(400));
+        for long in ["1000000000s", "99999999h", "8761h", "525601m", infinite.as_str()] {
+            let Err(err) = parse_duration(long) else { panic!("{long:?} accepted") };
+            assert!(err.ends_with(": too long"), "{long:?}: {err}");
+        }
+        // The limit itself is fine.
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86400)));
+        assert_eq!(parse_duration("31536000"), Ok(Duration::from_secs(365 * 86400)));
     }
 
     #[test]
@@ -266,11 +301,48 @@ mod tests {
 
     #[test]
     fn validation_names_the_setting() {
-        let config = Config { loops: 0, ..Config::default() };
-        assert!(config.validate().unwrap_err().to_string().contains("loops"));
-        let mut config = Config::default();
-        config.limits.max_headers = 10_000;
-        assert!(config.validate().unwrap_err().to_string().contains("max headers"));
-        assert!(Config::default().validate().is_ok());
+        type Change = fn(&mut Config);
+        // Each change, and the setting the refusal must name (None: valid,
+        // the bound itself).
+        let table: &[(Change, Option<&str>)] = &[
+            (|c| c.loops = 0, Some("loops")),
+            (|c| c.loops = 1025, Some("loops")),
+            (|c| c.loops = 1024, None),
+            (|c| c.limits.max_head_bytes = 63, Some("max head bytes")),
+            (|c| c.limits.max_head_bytes = 64, None),
+            (|c| c.limits.max_head_bytes = (1 << 20) + 1, Some("max head bytes")),
+            (|c| c.limits.max_headers = 0, Some("max headers")),
+            (|c| c.limits.max_headers = MAX_HEADERS_CAP + 1, Some("max headers")),
+            (|c| c.limits.max_headers = MAX_HEADERS_CAP, None),
+            (|c| c.limits.max_body_bytes = (1 << 40) + 1, Some("max body bytes")),
+            (|c| c.limits.max_body_bytes = 0, None),
+            (|c| c.offload_threads = 0, Some("offload threads")),
+            (|c| c.offload_threads = 4097, Some("offload threads")),
+            (|c| c.offload_queue = 0, Some("offload queue")),
+            (|c| c.max_connections = 0, Some("max connections")),
+            (|c| c.header_timeout = Duration::ZERO, Some("header timeout")),
+            (|c| c.keep_alive_timeout = Duration::ZERO, Some("keep-alive timeout")),
+            (|c| c.restart_window = Duration::ZERO, Some("restart window")),
+            (|c| c.mem_interval = Duration::ZERO, Some("memory interval")),
+            // Zero turns stall detection off; it is not an error.
+            (|c| c.stall_timeout = Duration::ZERO, None),
+            (|c| c.admin_token = Some("a".repeat(15)), Some("admin token")),
+            (|c| c.admin_token = Some("0123456789 abcdef".into()), Some("admin token")),
+            (|c| c.admin_token = Some("a".repeat(16)), None),
+            (|c| c.check_interval = Some(Duration::from_micros(999)), Some("check interval")),
+            (|c| c.check_interval = Some(Duration::from_millis(1)), None),
+        ];
+        assert_eq!(Config::default().validate(), Ok(()));
+        for (i, (change, names)) in table.iter().enumerate() {
+            let mut config = Config::default();
+            change(&mut config);
+            match (config.validate(), names) {
+                (Ok(()), None) => {}
+                (Err(err), Some(name)) => {
+                    assert!(err.to_string().starts_with(name), "row {i}: {err}");
+                }
+                (got, want) => panic!("row {i}: got {got:?}, want a refusal naming {want:?}"),
+            }
+        }
     }
 }

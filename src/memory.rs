@@ -78,8 +78,11 @@ pub struct ArenaStats {
 /// Process-wide figures, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProcessMemory {
+    /// Bytes in live allocations, all arenas (zero without jemalloc).
     pub allocated: u64,
+    /// Bytes in active pages, all arenas (zero without jemalloc).
     pub active: u64,
+    /// Bytes jemalloc holds resident in memory (zero without jemalloc).
     pub resident: u64,
     /// Resident set size from the kernel.
     pub rss: u64,

@@ -12,6 +12,7 @@ pub trait Service {
 
 /// Makes the [`Service`] of each loop (and of each replacement loop).
 pub trait ServiceFactory: Send + Sync + 'static {
+    /// The service this factory makes.
     type Service: Service;
 
     /// Called on the loop's own thread; `slot` is the loop's core slot.

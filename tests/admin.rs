@@ -1,12 +1,13 @@
 //! The admin plane and signals.
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use vigil::{Request, Response};
 
+use crate::cli::Vigil;
 use crate::util::{self, Client};
 
 /// One request to the admin plane; (status, body).
@@ -145,9 +146,8 @@ fn the_admin_plane_answers_while_every_loop_is_stuck_and_health_flips() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_and_exits_0() {
-    let (mut child, addr, stderr) =
-        crate::cli::spawn_vigil(&["--loops", "2", "--demo", "--shutdown-timeout", "5s"]);
-    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
+    let mut vigil = Vigil::spawn(&["--loops", "2", "--demo", "--shutdown-timeout", "5s"]);
+    let (addr, child) = (vigil.addr, &mut vigil.child);
     let mut slow = Client::new(addr);
     // Sent before the signal: whether its loop has read it yet or not, it
     // must be answered, and with `Connection: close`.
@@ -160,7 +160,7 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
     let exited = util::eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
     assert!(exited, "vigil exits after draining");
     assert_eq!(child.wait().unwrap().code(), Some(0));
-    let log = log.join().unwrap();
+    let log = vigil.rest_of_log();
     assert!(log.iter().any(|l| l.contains("requests=")), "a shutdown summary is logged");
     let mut refused = std::net::TcpStream::connect(addr);
     if let Ok(stream) = refused.as_mut() {
@@ -171,23 +171,18 @@ fn sigterm_drains_in_flight_requests_and_exits_0() {
 
 #[test]
 fn sighup_recycles_every_loop_and_a_second_sigterm_stops_at_once() {
-    let admin_port =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin_arg = format!("127.0.0.1:{admin_port}");
-    let (mut child, addr, stderr) = crate::cli::spawn_vigil(&[
+    let mut vigil = Vigil::spawn(&[
         "--loops",
         "2",
         "--demo",
         "--admin",
-        &admin_arg,
+        "127.0.0.1:0",
         "--shutdown-timeout",
         "30s",
     ]);
-    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
-    let admin_addr: std::net::SocketAddr = admin_arg.parse().unwrap();
+    let (addr, admin_addr) = (vigil.addr, vigil.admin.expect("the admin plane's address"));
+    let child = &mut vigil.child;
     let generations = || -> Option<Vec<u64>> {
-        // The admin plane starts just after the data plane's log line.
-        std::net::TcpStream::connect(admin_addr).ok()?;
         let (status, body) = admin(admin_addr, "GET", "/loops", "");
         let json: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
         json["loops"].as_array()?.iter().map(|l| l["generation"].as_u64()).collect()
@@ -215,6 +210,6 @@ fn sighup_recycles_every_loop_and_a_second_sigterm_stops_at_once() {
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
     let exited = util::eventually(Duration::from_secs(10), || child.try_wait().unwrap().is_some());
     assert!(exited, "the second SIGTERM stops at once, long before the 20 s request ends");
-    let log = log.join().unwrap();
+    let log = vigil.rest_of_log();
     assert!(log.iter().any(|l| l.contains("stopping now")), "{}", log.join("\n"));
 }

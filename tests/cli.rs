@@ -1,8 +1,13 @@
-//! The `vigil` binary: argument errors, and the abandoned-thread budget.
+//! The `vigil` binary: flags, argument errors, the abandoned-thread budget
+//! and `--mem-warn`; [`Vigil`] runs it for these tests and `admin.rs`.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
 
 use crate::util;
 
@@ -27,45 +32,142 @@ fn invalid_values_exit_2_with_one_line() {
     }
 }
 
+/// Every long flag of `vigil --help` is in the README's flag table, and
+/// every flag of the table is in `--help`: an undocumented flag, or a
+/// documented one that is gone, fails.
 #[test]
 fn help_lists_every_flag() {
     let output = Command::new(VIGIL).arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for flag in
-        ["--listen", "--loops", "--stall-timeout", "--max-abandoned", "--mem-limit", "--demo"]
-    {
-        assert!(help.contains(flag), "{flag} missing from --help");
+    // Option lines: `      --listen <LISTEN>`, `  -h, --help`.
+    let in_help: BTreeSet<String> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('-'))
+        .filter_map(|line| long_flags(line).into_iter().next())
+        .filter(|flag| flag != "--help" && flag != "--version")
+        .collect();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    // Rows of the flag table: | `--flag ARG` | default | meaning |
+    let in_readme: BTreeSet<String> =
+        readme.lines().filter(|line| line.starts_with("| `--")).flat_map(long_flags).collect();
+    let undocumented: Vec<_> = in_help.difference(&in_readme).collect();
+    assert!(undocumented.is_empty(), "flags missing from the README table: {undocumented:?}");
+    let missing: Vec<_> = in_readme.difference(&in_help).collect();
+    assert!(missing.is_empty(), "README flags missing from --help: {missing:?}");
+}
+
+/// The `--long-flag` tokens of `text`, in order.
+fn long_flags(text: &str) -> Vec<String> {
+    text.match_indices("--")
+        .map(|(at, _)| {
+            let name: String = text[at + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+                .collect();
+            format!("--{name}")
+        })
+        .filter(|flag| flag.len() > 2)
+        .collect()
+}
+
+/// A `vigil` child process, killed when dropped.
+pub struct Vigil {
+    pub child: Child,
+    /// The address it serves on (from its `vigil listening` log line).
+    pub addr: SocketAddr,
+    /// The admin plane's address, when `--admin` was given.
+    pub admin: Option<SocketAddr>,
+    /// Its log lines after the ones announcing the addresses. A thread
+    /// reads stderr all along, so the child never blocks on a full pipe;
+    /// the channel disconnects when the child's stderr closes.
+    pub log: Receiver<String>,
+}
+
+impl Vigil {
+    /// Starts the binary on `--listen 127.0.0.1:0` (plus `args`) and waits
+    /// for the log lines giving the bound addresses: no port is chosen
+    /// before the server binds it, so no other process can take it first.
+    /// With `--admin` (given as its own argument) it also waits for the
+    /// admin plane's line.
+    pub fn spawn(args: &[&str]) -> Vigil {
+        let mut child = Command::new(VIGIL)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (lines_tx, log) = crossbeam_channel::unbounded();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if lines_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let wants_admin = args.contains(&"--admin");
+        let deadline = Instant::now() + util::IO_TIMEOUT;
+        let (mut addr, mut admin) = (None, None);
+        let mut seen = Vec::new();
+        while addr.is_none() || (wants_admin && admin.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match log.recv_timeout(left) {
+                Ok(line) => line,
+                Err(err) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("vigil did not log its addresses ({err}); log:\n{}", seen.join("\n"));
+                }
+            };
+            if line.contains("vigil listening addr=") {
+                addr = Some(addr_in(&line));
+            } else if line.contains("admin plane listening addr=") {
+                admin = Some(addr_in(&line));
+            }
+            seen.push(line);
+        }
+        Vigil { child, addr: addr.unwrap(), admin, log }
+    }
+
+    /// Waits up to `limit` for the child to exit; its exit code, or `None`
+    /// (and the child killed) if it did not.
+    pub fn wait_with_timeout(&mut self, limit: Duration) -> Option<i32> {
+        let exited = util::eventually(limit, || self.child.try_wait().unwrap().is_some());
+        if !exited {
+            let _ = self.child.kill();
+            return None;
+        }
+        self.child.wait().unwrap().code()
+    }
+
+    /// The log lines not yet received, up to the end of stderr (call once
+    /// the child has exited or been killed).
+    pub fn rest_of_log(&self) -> Vec<String> {
+        self.log.iter().collect()
     }
 }
 
-/// Starts the binary and returns it with the address it logged.
-pub fn spawn_vigil(
-    args: &[&str],
-) -> (std::process::Child, std::net::SocketAddr, BufReader<std::process::ChildStderr>) {
-    let mut child = Command::new(VIGIL)
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "vigil exited before listening");
-        if let Some(rest) = line.split("addr=").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
-    (child, addr, stderr)
+impl Drop for Vigil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address after `addr=` in a log line.
+fn addr_in(line: &str) -> SocketAddr {
+    let rest = line.split("addr=").nth(1).expect("addr=");
+    rest.split_whitespace().next().unwrap().parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
 #[test]
 fn past_the_abandoned_budget_the_process_exits_3() {
-    let (mut child, addr, stderr) = spawn_vigil(&[
+    let mut vigil = Vigil::spawn(&[
         "--loops",
         "1",
         "--demo",
@@ -76,35 +178,21 @@ fn past_the_abandoned_budget_the_process_exits_3() {
         "--shutdown-timeout",
         "2s",
     ]);
-    // Keep reading the log so the child never blocks on a full pipe.
-    let log = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     for _ in 0..2 {
         // Each /spin stalls the current loop; it is abandoned and replaced.
-        let mut client = util::Client::new(addr);
+        let mut client = util::Client::new(vigil.addr);
         client.send(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n");
         assert!(client.is_closed(), "the stalled loop's connection is closed");
     }
-    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
-    let log = log.join().unwrap();
+    let status = vigil.wait_with_timeout(Duration::from_secs(20));
+    let log = vigil.rest_of_log();
     assert_eq!(status, Some(3), "log:\n{}", log.join("\n"));
     assert!(log.iter().any(|l| l.contains("max_abandoned")), "the exit is explained in the log");
 }
 
-fn wait_with_timeout(child: &mut std::process::Child, limit: Duration) -> Option<i32> {
-    let exited = util::eventually(limit, || child.try_wait().unwrap().is_some());
-    if !exited {
-        let _ = child.kill();
-        return None;
-    }
-    child.wait().unwrap().code()
-}
-
 #[test]
 fn mem_warn_logs_once_when_a_loop_crosses_it() {
-    let admin_port =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin = format!("127.0.0.1:{admin_port}");
-    let (mut child, addr, stderr) = spawn_vigil(&[
+    let mut vigil = Vigil::spawn(&[
         "--loops",
         "1",
         "--demo",
@@ -113,19 +201,14 @@ fn mem_warn_logs_once_when_a_loop_crosses_it() {
         "--mem-interval",
         "20ms",
         "--admin",
-        &admin,
+        "127.0.0.1:0",
     ]);
-    let (lines_tx, lines) = crossbeam_channel::unbounded();
-    let reader = std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut client = util::Client::new(addr);
+    let admin = vigil.admin.expect("the admin plane's address");
+    let mut client = util::Client::new(vigil.addr);
     client.send(b"GET /alloc?mb=32 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(client.reply().status, 200);
     let warning = loop {
-        let line = lines.recv_timeout(Duration::from_secs(10)).expect("a memory warning");
+        let line = vigil.log.recv_timeout(util::IO_TIMEOUT).expect("a memory warning");
         if line.contains("using too much memory") {
             break line;
         }
@@ -136,16 +219,15 @@ fn mem_warn_logs_once_when_a_loop_crosses_it() {
     client.send(b"GET /alloc?mb=8 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(client.reply().status, 200);
     let allocated = || -> Option<u64> {
-        let mut admin_client =
-            util::Client::from_stream(std::net::TcpStream::connect(&admin).ok()?);
+        let mut admin_client = util::Client::from_stream(std::net::TcpStream::connect(admin).ok()?);
         admin_client.send(b"GET /loops HTTP/1.1\r\nHost: a\r\n\r\n");
         let json: serde_json::Value = serde_json::from_slice(&admin_client.reply().body).ok()?;
         json["loops"][0]["memory"]["allocated"].as_u64()
     };
     assert!(util::eventually(Duration::from_secs(10), || allocated() >= Some(40 << 20)));
-    let _ = child.kill();
-    let _ = child.wait();
-    reader.join().unwrap();
-    let repeats = lines.try_iter().filter(|l| l.contains("using too much memory")).count();
+    let _ = vigil.child.kill();
+    let _ = vigil.child.wait();
+    let repeats =
+        vigil.rest_of_log().iter().filter(|l| l.contains("using too much memory")).count();
     assert_eq!(repeats, 0, "warned once per crossing");
 }

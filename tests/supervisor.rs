@@ -195,7 +195,18 @@ fn graceful_recycle_loses_nothing() {
     assert!(
         util::eventually(Duration::from_secs(10), || server.snapshot().loops[0].generation == 1)
     );
+    // The idle keep-alive connection from before stays with the draining
+    // loop, which gives it a grace (500 ms) for a request its client may
+    // already be sending: one sent now is answered, not lost.
+    client.send(b"GET /after-the-recycle HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = client.reply_to("GET").expect("the draining loop answers");
+    assert_eq!(reply.status, 200);
+    // Then the connection ends: at once after `Connection: close`, or at
+    // the end of the grace if the request reached the loop before it
+    // began to drain.
+    assert!(client.is_closed(), "the draining loop closes the connection");
     assert_eq!(util::get(addr, "/").unwrap().status, 200, "the new generation serves");
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().open_connections == 0));
     assert_eq!(server.snapshot().totals.recycled, 1);
     assert!(server.recycle(7).is_err());
 }

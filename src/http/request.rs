@@ -8,7 +8,10 @@ use super::{Limits, Reject};
 /// HTTP version of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
+    /// `HTTP/1.0`: the connection closes after the response unless the
+    /// client asked for keep-alive.
     Http10,
+    /// `HTTP/1.1`: keep-alive unless either side says `Connection: close`.
     Http11,
 }
 
@@ -101,10 +104,7 @@ pub(crate) fn parse_head<'b, 'h>(
         (Some(_), Some(_)) => {
             return Err(Reject::new(400, "both Content-Length and Transfer-Encoding"));
         }
-        (Some(te), None) if te.chunked == 1 && !te.other => Framing::Chunked,
-        (Some(_), None) => {
-            return Err(Reject::new(400, "Transfer-Encoding is not just chunked"));
-        }
+        (Some(te), None) => te.framing()?,
         (None, None | Some(0)) => Framing::Empty,
         (None, Some(n)) if n > limits.max_body_bytes as u64 => {
             return Err(Reject::new(413, "Content-Length over the body limit"));
@@ -361,13 +361,63 @@ static REG_NAME: [bool; 256] = {
     table
 };
 
-/// Transfer codings seen across all `Transfer-Encoding` fields.
+/// Transfer codings seen across all `Transfer-Encoding` fields, in order
+/// (several fields are one list, RFC 9110 5.3).
 #[derive(Clone, Copy, Default)]
 struct TeState {
     /// Number of `chunked` list elements.
     chunked: u32,
-    /// Any other coding or an empty element.
-    other: bool,
+    /// The last element so far is `chunked`.
+    chunked_last: bool,
+    /// A well-formed coding other than `chunked` (vigil decodes none).
+    unknown: bool,
+    /// An empty element, or one that is not `token *(; parameter)`.
+    malformed: bool,
+}
+
+impl TeState {
+    fn add(&mut self, item: &[u8]) {
+        let chunked = item.eq_ignore_ascii_case(b"chunked");
+        self.chunked_last = chunked;
+        if chunked {
+            self.chunked += 1;
+        } else if is_coding(item) {
+            self.unknown = true;
+        } else {
+            self.malformed = true;
+        }
+    }
+
+    /// The body's framing, or why the codings are refused.
+    ///
+    /// The body can be delimited only when `chunked` is the final coding,
+    /// once (RFC 9112 6.3): anything else is a 400. With that framing
+    /// sound, a coding before `chunked` is one vigil does not decode: 501
+    /// (RFC 9112 6.1). Either way the connection closes and nothing of the
+    /// body is read.
+    fn framing(&self) -> Result<Framing, Reject> {
+        if self.chunked > 1 {
+            return Err(Reject::new(400, "chunked applied more than once"));
+        }
+        if !self.chunked_last {
+            return Err(Reject::new(400, "chunked is not the final transfer coding"));
+        }
+        if self.malformed {
+            return Err(Reject::new(400, "malformed Transfer-Encoding"));
+        }
+        if self.unknown {
+            return Err(Reject::new(501, "transfer coding not implemented"));
+        }
+        Ok(Framing::Chunked)
+    }
+}
+
+/// `token *( OWS ";" OWS transfer-parameter )` (RFC 9112 7), loosely: the
+/// coding name must be a token; the parameters are never looked at, as
+/// nothing but `chunked` (which takes none) is decoded.
+fn is_coding(item: &[u8]) -> bool {
+    let name = trim_ows(item.split(|&b| b == b';').next().unwrap_or(b""));
+    !name.is_empty() && name.iter().all(|&b| super::is_tchar(b))
 }
 
 /// What the header fields say about framing and the connection.
@@ -437,11 +487,7 @@ impl Fields {
                 17 if name_is(name, b"transfer-encoding") => {
                     let te = f.transfer_encoding.get_or_insert_with(TeState::default);
                     for item in list(h.value) {
-                        if item.eq_ignore_ascii_case(b"chunked") {
-                            te.chunked += 1;
-                        } else {
-                            te.other = true;
-                        }
+                        te.add(item);
                     }
                 }
                 _ => {}
@@ -535,6 +581,7 @@ impl<'a> Request<'a> {
         })
     }
 
+    /// The HTTP version of the request line.
     pub fn version(&self) -> Version {
         self.version
     }
@@ -657,11 +704,25 @@ mod tests {
         reject_cl_overflow: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n" => 400;
         reject_cl_over_limit: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n" => 413;
         reject_cl_max_u64: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n" => 413;
-        reject_te_gzip_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 400;
+        // A coding vigil does not decode, before a final chunked: 501.
+        reject_te_gzip_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 501;
+        reject_te_split_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" => 501;
+        reject_te_two_unknown_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: x-custom, Deflate, chunked\r\n\r\n" => 501;
+        reject_te_params_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip;level=9, chunked\r\n\r\n" => 501;
+        reject_te_identity_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n" => 501;
+        // The body cannot be delimited: 400 (RFC 9112 6.3).
         reject_te_chunked_gzip: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n" => 400;
+        reject_te_gzip_alone: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n" => 400;
+        reject_te_xchunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n" => 400;
+        reject_te_chunked_x: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunkedx\r\n\r\n" => 400;
         reject_te_chunked_twice: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n" => 400;
+        reject_te_chunked_gzip_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip, chunked\r\n\r\n" => 400;
         reject_te_two_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
-        reject_te_split_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" => 400;
+        reject_te_split_chunked_first: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n" => 400;
+        reject_te_empty_before_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: , chunked\r\n\r\n" => 400;
+        reject_te_bad_token_before_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: g(z), chunked\r\n\r\n" => 400;
+        reject_te_gzip_chunked_with_cl: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 400;
+        reject_te_gzip_chunked_http10: b"POST / HTTP/1.0\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 400;
         reject_te_empty: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: \r\n\r\n" => 400;
         reject_te_trailing_comma: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n" => 400;
         reject_te_identity: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n" => 400;
@@ -952,6 +1013,33 @@ mod tests {
         ] {
             assert_eq!(host_is_valid(value), authority(value).is_some(), "{value:?}");
         }
+    }
+
+    #[test]
+    fn query_params_and_headers() {
+        let headers = [
+            httparse::Header { name: "Host", value: b"a" },
+            httparse::Header { name: "X-A", value: b"1" },
+            httparse::Header { name: "x-a", value: b"2" },
+        ];
+        let req = Request {
+            method: "GET",
+            path: "/p",
+            query: Some("a=1&b=&c&a=2&sp=%20"),
+            version: Version::Http11,
+            headers: &headers,
+            body: b"",
+        };
+        for (name, want) in
+            [("a", Some("1")), ("b", Some("")), ("c", Some("")), ("sp", Some("%20")), ("d", None)]
+        {
+            assert_eq!(req.query_param(name), want, "{name}");
+        }
+        assert_eq!(req.header("X-A"), Some(&b"1"[..]), "the first, in any case");
+        assert_eq!(req.header("x-b"), None);
+        let all: Vec<_> = req.headers().map(|(n, v)| (n, v[0])).collect();
+        assert_eq!(all, [("Host", b'a'), ("X-A", b'1'), ("x-a", b'2')]);
+        assert_eq!(Request { query: None, ..req }.query_param("a"), None);
     }
 
     #[test]

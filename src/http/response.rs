@@ -134,10 +134,13 @@ impl Response {
         self
     }
 
+    /// The status set so far (`200` unless [`status`](Response::status)
+    /// changed it).
     pub fn status_code(&self) -> u16 {
         self.status
     }
 
+    /// The body set so far, static or owned.
     pub fn body_bytes(&self) -> &[u8] {
         match &self.body {
             Body::Static(bytes) => bytes,
@@ -653,6 +656,7 @@ mod tests {
             (422, "Unprocessable Content"),
             (429, "Too Many Requests"),
             (431, "Request Header Fields Too Large"),
+            (501, "Not Implemented"),
             (505, "HTTP Version Not Supported"),
             (306, ""),
             (418, ""),
