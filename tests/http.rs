@@ -244,7 +244,7 @@ fn bad_requests_get_their_status_and_a_close_and_harm_nobody_else() {
         snapshot.totals.requests == refused && snapshot.open_connections == 1
     }));
     let only = &server.snapshot().loops[0];
-    assert_eq!((only.rejected, only.generation, only.handler_panics), (refused, 0, 0));
+    assert_eq!((only.counters.rejected, only.generation, only.counters.handler_panics), (refused, 0, 0));
 }
 
 #[test]
