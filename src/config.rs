@@ -29,8 +29,18 @@ pub struct Config {
     /// A busy loop without progress for this long is stalled; zero turns
     /// stall detection off.
     pub stall_timeout: Duration,
-    /// How often the supervisor samples heartbeats (default: stall timeout / 8,
-    /// at least 10 ms).
+    /// A loop busy on one request this long hands its core, its listener
+    /// and its idle connections to a fresh loop, and finishes the request
+    /// at a lower priority; zero turns handoff off.
+    pub handoff_after: Duration,
+    /// The nice value a handed-off thread runs at (higher: lower priority).
+    pub handoff_nice: i32,
+    /// Handed-off threads a slot may have alive at once; past it the slot's
+    /// loop is not handed off again until one finishes.
+    pub max_handed_off: usize,
+    /// How often the supervisor samples heartbeats (default: a quarter of
+    /// the handoff threshold, at least 1 ms; without handoff, the stall
+    /// timeout / 8, at least 10 ms).
     pub check_interval: Option<Duration>,
     /// Past this many live abandoned threads the server drains and exits.
     pub max_abandoned: usize,
@@ -71,6 +81,9 @@ impl Default for Config {
             keep_alive_timeout: Duration::from_secs(60),
             max_connections: 25_000,
             stall_timeout: Duration::from_secs(2),
+            handoff_after: DEFAULT_HANDOFF_AFTER,
+            handoff_nice: 10,
+            max_handed_off: 4,
             check_interval: None,
             max_abandoned: 16,
             restart_limit: 10,
@@ -167,15 +180,52 @@ impl Config {
                 return fail("check interval must be at least 1ms".into());
             }
         }
+        if !self.handoff_after.is_zero() && self.handoff_after < Duration::from_millis(1) {
+            return fail("handoff threshold must be 0 (off) or at least 1ms".into());
+        }
+        if !self.stall_timeout.is_zero()
+            && !self.handoff_after.is_zero()
+            && self.handoff_after >= self.stall_timeout
+        {
+            return fail(format!(
+                "handoff threshold ({:?}) must be below the stall timeout ({:?})",
+                self.handoff_after, self.stall_timeout
+            ));
+        }
+        if !(0..=19).contains(&self.handoff_nice) {
+            return fail(format!(
+                "handoff nice must be between 0 and 19, not {}",
+                self.handoff_nice
+            ));
+        }
+        if self.max_handed_off == 0 {
+            return fail(
+                "max handed-off threads must be at least 1 (use handoff 0 to turn it off)".into(),
+            );
+        }
         Ok(())
     }
 
     /// The supervisor's sampling period.
+    ///
+    /// A quarter of the handoff threshold: a loop is handed off between 1
+    /// and 1.5 thresholds after its request started (the supervisor starts
+    /// timing when it first sees a busy word, up to one period late, and
+    /// notices the threshold up to one period late).
     pub fn effective_check_interval(&self) -> Duration {
-        self.check_interval
-            .unwrap_or_else(|| (self.stall_timeout / 8).max(Duration::from_millis(10)))
+        self.check_interval.unwrap_or_else(|| {
+            let for_stalls = (self.stall_timeout / 8).max(Duration::from_millis(10));
+            if self.handoff_after.is_zero() {
+                for_stalls
+            } else {
+                (self.handoff_after / 4).max(Duration::from_millis(1)).min(for_stalls)
+            }
+        })
     }
 }
+
+/// The default handoff threshold (see BENCHMARKS.md, the slow mix).
+pub(crate) const DEFAULT_HANDOFF_AFTER: Duration = Duration::from_millis(5);
 
 /// Parses `250ms`, `2s`, `1m`, `1h`, `1500us` or a bare number of seconds,
 /// up to a year; the error says what is wrong with `text`.
@@ -292,8 +342,27 @@ mod tests {
     }
 
     #[test]
+    fn check_interval_follows_the_handoff_threshold() {
+        let mut config = Config { handoff_after: Duration::from_millis(8), ..Config::default() };
+        assert_eq!(config.effective_check_interval(), Duration::from_millis(2));
+        config.handoff_after = Duration::from_millis(2);
+        assert_eq!(config.effective_check_interval(), Duration::from_millis(1), "at least 1 ms");
+        config.stall_timeout = Duration::from_millis(40);
+        config.handoff_after = Duration::from_millis(39);
+        assert_eq!(
+            config.effective_check_interval(),
+            Duration::from_micros(9750),
+            "a quarter of 39 ms"
+        );
+    }
+
+    #[test]
     fn check_interval_defaults_to_an_eighth_of_the_stall_timeout() {
-        let mut config = Config { stall_timeout: Duration::from_secs(2), ..Config::default() };
+        let mut config = Config {
+            stall_timeout: Duration::from_secs(2),
+            handoff_after: Duration::ZERO,
+            ..Config::default()
+        };
         assert_eq!(config.effective_check_interval(), Duration::from_millis(250));
         config.stall_timeout = Duration::from_millis(40);
         assert_eq!(config.effective_check_interval(), Duration::from_millis(10));

@@ -9,7 +9,9 @@ use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use crate::memory::{ArenaStats, ProcessMemory};
-use crate::shared::{lock, Command, LoopShared, LoopState, ServerShared, SlotCounts};
+use crate::shared::{
+    lock, Command, HistogramSnapshot, LoopShared, LoopState, ServerShared, SlotCounts,
+};
 
 /// A cloneable remote control of a running server, for the admin plane,
 /// signal handlers and the application.
@@ -101,6 +103,7 @@ impl Control {
         };
         let loops: Vec<LoopSnapshot> = shared.current_loops().iter().map(describe).collect();
         let abandoned: Vec<LoopSnapshot> = lock(&shared.abandoned).iter().map(describe).collect();
+        let handed_off: Vec<LoopSnapshot> = lock(&shared.handed_off).iter().map(describe).collect();
         let mut totals = SlotCounts::default();
         for slot in &shared.slots {
             totals.add(&slot.read());
@@ -111,6 +114,8 @@ impl Control {
             ready: self.is_ready(),
             totals,
             abandoned_alive: abandoned.len(),
+            handed_off_alive: handed_off.len(),
+            handoff_durations: shared.handoff_durations.read(),
             max_abandoned: shared.config.max_abandoned,
             reclaimed: shared.reclaimed.load(Relaxed),
             restart_intensity_exceeded: shared.intensity_exceeded.load(Relaxed),
@@ -124,6 +129,7 @@ impl Control {
             },
             memory: memory.process,
             loops,
+            handed_off,
             abandoned,
         }
     }
@@ -153,6 +159,11 @@ pub struct Snapshot {
     pub totals: SlotCounts,
     /// Abandoned threads still alive.
     pub abandoned_alive: usize,
+    /// Handed-off threads still finishing their work.
+    pub handed_off_alive: usize,
+    /// How long the requests that caused a handoff took, from when the
+    /// supervisor first saw their loop busy to when the handler returned.
+    pub handoff_durations: HistogramSnapshot,
     /// Abandoned threads allowed before the server drains and exits.
     pub max_abandoned: usize,
     /// Abandoned threads whose handler returned and that exited.
@@ -167,6 +178,8 @@ pub struct Snapshot {
     pub memory: Option<ProcessMemory>,
     /// The current loop of each slot.
     pub loops: Vec<LoopSnapshot>,
+    /// Handed-off threads still finishing their work.
+    pub handed_off: Vec<LoopSnapshot>,
     /// Abandoned loops whose threads are still alive.
     pub abandoned: Vec<LoopSnapshot>,
 }

@@ -60,7 +60,7 @@ pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use server::{Server, ServerHandle, StartError};
 pub use service::{Service, ServiceFactory};
-pub use shared::{LoopState, SlotCounts};
+pub use shared::{HistogramSnapshot, LoopState, SlotCounts};
 pub use supervisor::Outcome;
 
 /// Thin wrappers that let `benches/http.rs` reach crate-internal items.

@@ -53,7 +53,16 @@ struct Args {
     /// A busy loop without progress this long is replaced (0 turns detection off).
     #[arg(long, env = "VIGIL_STALL_TIMEOUT", default_value = "2s", value_parser = duration)]
     stall_timeout: Duration,
-    /// How often heartbeats are sampled [default: stall-timeout / 8, at least 10ms].
+    /// A loop busy on one request this long hands its core and idle connections to a fresh loop (0: off).
+    #[arg(long, env = "VIGIL_HANDOFF_AFTER", default_value = "5ms", value_parser = duration)]
+    handoff_after: Duration,
+    /// Nice value of a handed-off thread while it finishes its request (0-19).
+    #[arg(long, env = "VIGIL_HANDOFF_NICE", default_value_t = 10)]
+    handoff_nice: i32,
+    /// Handed-off threads a slot may have alive at once.
+    #[arg(long, env = "VIGIL_MAX_HANDED_OFF", default_value_t = 4)]
+    max_handed_off: usize,
+    /// How often heartbeats are sampled [default: handoff-after / 4, at least 1ms; without handoff stall-timeout / 8, at least 10ms].
     #[arg(long, env = "VIGIL_CHECK_INTERVAL", value_parser = duration)]
     check_interval: Option<Duration>,
     /// Live abandoned threads allowed; past it vigil drains and exits with status 3.
@@ -137,6 +146,9 @@ impl Args {
             keep_alive_timeout: self.keep_alive_timeout,
             max_connections: self.max_connections,
             stall_timeout: self.stall_timeout,
+            handoff_after: self.handoff_after,
+            handoff_nice: self.handoff_nice,
+            max_handed_off: self.max_handed_off,
             check_interval: self.check_interval,
             max_abandoned: self.max_abandoned,
             restart_limit: self.restart_limit,

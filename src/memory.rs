@@ -5,7 +5,7 @@
 //! Everything here degrades to "unavailable" when jemalloc is not the
 //! global allocator: the library must work under any allocator.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use tikv_jemalloc_ctl::{epoch, raw, stats};
@@ -28,22 +28,33 @@ pub(crate) fn available() -> bool {
     })
 }
 
-/// Gives the calling thread an arena of its own; `None` without jemalloc.
+/// Arenas of loops that exited, purged, for the next loops to reuse.
 ///
-/// Always a fresh arena, never one an exited loop used: memory that loop
-/// handed to other threads may still live in its arena, and would be
-/// counted against the newcomer (and could push it over `mem_limit`).
+/// jemalloc never frees an arena, and has at most 4096: a server whose
+/// loops come and go (handoffs, recycles) would run out of them, and every
+/// arena keeps some memory of its own. Reuse counts what an exited loop
+/// left behind in its arena (memory it handed to other threads) against
+/// the loop that takes it over; that is little (its connections and
+/// service die with it), against a limit meant for a runaway loop.
+static FREE_ARENAS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Gives the calling thread an arena of its own (an exited loop's, or a
+/// new one); `None` without jemalloc.
 pub(crate) fn bind_thread_arena() -> Option<u32> {
     if !available() {
         return None;
     }
-    // SAFETY: `arenas.create` is a read of type `unsigned` (u32).
-    let arena = match unsafe { raw::read::<u32>(b"arenas.create\0") } {
-        Ok(arena) => arena,
-        Err(err) => {
-            log::warn!("jemalloc arenas.create failed: {err}");
-            return None;
-        }
+    let reused = FREE_ARENAS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+    let arena = match reused {
+        Some(arena) => arena,
+        // SAFETY: `arenas.create` is a read of type `unsigned` (u32).
+        None => match unsafe { raw::read::<u32>(b"arenas.create\0") } {
+            Ok(arena) => arena,
+            Err(err) => {
+                log::warn!("jemalloc arenas.create failed: {err}");
+                return None;
+            }
+        },
     };
     // SAFETY: `thread.arena` is a write of type `unsigned` (u32).
     match unsafe { raw::write::<u32>(b"thread.arena\0", arena) } {
@@ -55,13 +66,15 @@ pub(crate) fn bind_thread_arena() -> Option<u32> {
     }
 }
 
-/// Returns the free pages of an exiting loop's arena to the system.
-pub(crate) fn purge_arena(arena: u32) {
+/// Returns the free pages of an exiting loop's arena to the system, and
+/// the arena to the pool the next loops take theirs from.
+pub(crate) fn release_arena(arena: u32) {
     let name = format!("arena.{arena}.purge\0");
     // SAFETY: `arena.<i>.purge` takes no value (a void write).
     if let Err(err) = unsafe { raw::write::<()>(name.as_bytes(), ()) } {
         log::debug!("jemalloc purge of arena {arena} failed: {err}");
     }
+    FREE_ARENAS.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(arena);
 }
 
 /// Figures of one arena, in bytes.

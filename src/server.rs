@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, ConfigError};
 use crate::control::{Control, Snapshot, UnknownSlot};
-use crate::shared::{MemoryReport, ServerShared, SlotCounters};
+use crate::shared::{Histogram, MemoryReport, ServerShared, SlotCounters};
 use crate::supervisor::{self, Outcome};
 use crate::{admin, offload, sys, Limits, ServiceFactory};
 
@@ -102,6 +102,8 @@ impl<F: ServiceFactory> Server<F> {
             loops: Mutex::new(Vec::new()),
             abandoned: Mutex::new(Vec::new()),
             reclaimed: AtomicU64::new(0),
+            handed_off: Mutex::new(Vec::new()),
+            handoff_durations: Histogram::default(),
             intensity_exceeded: AtomicU64::new(0),
             memory: Mutex::new(MemoryReport::default()),
             admin_addr: OnceLock::new(),

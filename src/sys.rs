@@ -81,6 +81,15 @@ pub(crate) fn set_idle_priority(tid: i32) -> io::Result<()> {
     syscall!(sched_setscheduler(tid, libc::SCHED_IDLE, &param)).map(drop)
 }
 
+/// Sets the nice value of thread `tid` (Linux threads have their own): a
+/// handed-off thread finishing a long request yields its core to the loop
+/// that took its place, and still gets what the core has to spare.
+pub(crate) fn set_nice(tid: i32, nice: i32) -> io::Result<()> {
+    let who =
+        libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    syscall!(setpriority(libc::PRIO_PROCESS, who, nice)).map(drop)
+}
+
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
 pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -200,6 +200,10 @@ fn mem_warn_logs_once_when_a_loop_crosses_it() {
         "16MiB",
         "--mem-interval",
         "20ms",
+        // Touching the hoard's pages takes longer than a handoff threshold;
+        // the hoard must stay in the loop whose arena is watched.
+        "--handoff-after",
+        "0",
         "--admin",
         "127.0.0.1:0",
     ]);

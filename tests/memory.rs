@@ -28,6 +28,9 @@ fn slot_of(reply: &util::Reply) -> usize {
 fn a_loop_holding_64_mib_shows_it_in_its_own_arena() {
     let mut config = util::config(2);
     config.mem_interval = Duration::from_millis(20);
+    // Filling the hoard takes longer than a handoff threshold; it must stay
+    // in the loop whose arena is watched.
+    config.handoff_after = Duration::ZERO;
     let server = util::start(config, hoarder);
     let allocated = |slot: usize| server.snapshot().loops[slot].memory.map(|m| m.allocated);
     assert!(util::eventually(Duration::from_secs(10), || allocated(0).is_some()
@@ -54,6 +57,9 @@ fn a_loop_holding_64_mib_shows_it_in_its_own_arena() {
 fn crossing_the_limit_recycles_the_loop_without_losing_a_request() {
     let mut config = util::config(2);
     config.mem_interval = Duration::from_millis(20);
+    // Filling the hoard takes longer than a handoff threshold; it must stay
+    // in the loop whose arena is watched.
+    config.handoff_after = Duration::ZERO;
     config.mem_limit = Some(32 << 20);
     let server = util::start(config, hoarder);
     let addr = server.local_addr();

@@ -8,6 +8,7 @@ mod util;
 
 mod admin;
 mod cli;
+mod handoff;
 mod http;
 mod memory;
 mod offload;

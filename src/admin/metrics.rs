@@ -48,12 +48,22 @@ impl Page {
         for family in &self.families {
             let Family { name, kind, help, .. } = family;
             let _ = writeln!(out, "# HELP vigil_{name} {help}\n# TYPE vigil_{name} {kind}");
+            // A histogram's samples are its buckets.
+            let suffix = if *kind == "histogram" { "_bucket" } else { "" };
             for (labels, value) in &family.samples {
                 let braces =
                     if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
-                let _ = writeln!(out, "vigil_{name}{braces} {value}");
+                let _ = writeln!(out, "vigil_{name}{suffix}{braces} {value}");
             }
         }
+        out
+    }
+
+    /// The page, with the `_sum` and `_count` of histogram `name` (the last
+    /// family) after its buckets.
+    fn render_histogram_totals(&self, name: &str, sum: f64, count: u64) -> String {
+        let mut out = self.render();
+        let _ = writeln!(out, "vigil_{name}_sum {sum}\nvigil_{name}_count {count}");
         out
     }
 }
@@ -77,18 +87,22 @@ const LOOP_GAUGES: [LoopGauge; 5] = [
     }),
 ];
 
-const STATES: [(LoopState, &str); 5] = [
+const STATES: [(LoopState, &str); 6] = [
     (LoopState::Starting, "starting"),
     (LoopState::Serving, "serving"),
     (LoopState::Draining, "draining"),
     (LoopState::Abandoned, "abandoned"),
+    (LoopState::HandedOff, "handed_off"),
     (LoopState::Exited, "exited"),
 ];
 
 type ProcessMetric = (&'static str, &'static str, &'static str, fn(&Snapshot) -> f64);
 
 /// Metrics of the whole process.
-const PROCESS: [ProcessMetric; 15] = [
+const PROCESS: [ProcessMetric; 16] = [
+    ("handed_off_threads", "gauge", "Handed-off threads still finishing their work.", |s| {
+        s.handed_off_alive as f64
+    }),
     ("abandoned_threads", "gauge", "Abandoned loop threads still alive.", |s| {
         s.abandoned_alive as f64
     }),
@@ -163,7 +177,14 @@ pub(super) fn render(snapshot: &Snapshot) -> String {
     for (name, kind, help, value) in PROCESS {
         page.sample(name, kind, help, String::new(), value(snapshot));
     }
-    page.render()
+    let durations = &snapshot.handoff_durations;
+    let (name, help) =
+        ("handoff_request_duration_seconds", "How long the requests that caused a handoff took.");
+    for (bound, count) in &durations.buckets {
+        let le = if bound.is_infinite() { "+Inf".to_string() } else { bound.to_string() };
+        page.sample(name, "histogram", help, format!("le=\"{le}\""), *count as f64);
+    }
+    page.render_histogram_totals(name, durations.sum_seconds, durations.count)
 }
 
 #[cfg(test)]

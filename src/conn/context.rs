@@ -12,7 +12,7 @@ use crate::http::date::DateCache;
 use crate::http::request::Head;
 use crate::http::Limits;
 use crate::offload::{Completion, Pool};
-use crate::shared::{panic_message, LoopShared};
+use crate::shared::{lock, panic_message, Fate, LoopShared, ServerShared};
 use crate::{Request, Response, Service, ServiceFactory};
 
 /// Per-loop state a connection works with. Owned by the loop, lent to one
@@ -37,6 +37,9 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     pub(crate) draining: bool,
     /// The supervisor gave up on this loop while a handler ran.
     pub(crate) abandoned: bool,
+    /// The supervisor handed this loop off: a fresh loop serves the slot,
+    /// this one finishes what it holds.
+    pub(crate) handed_off: bool,
     /// Responses encoded during the current event, written in one go.
     pub(crate) out: Vec<u8>,
     pub(crate) offload: Arc<Pool>,
@@ -44,6 +47,8 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     pub(crate) completions: Sender<Completion>,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) next_job_id: u64,
+    /// What the whole server shares (the handoff histogram, for one).
+    pub(crate) server: Arc<ServerShared>,
 }
 
 /// A handler's panic, caught.
@@ -64,10 +69,29 @@ impl<F: ServiceFactory> LoopContext<F> {
         self.progress += 1;
         self.shared.heartbeat.beat(self.progress, true);
         self.unpublished_requests += 1;
-        if self.shared.abandoned.load(Relaxed) {
-            self.abandoned = true;
+        match self.shared.fate() {
+            Fate::Serving => {}
+            Fate::HandedOff => self.note_handed_off(),
+            Fate::Abandoned => self.abandoned = true,
+        }
+        if self.handed_off {
+            self.shared.counters.requests_after_handoff.fetch_add(1, Relaxed);
         }
         outcome
+    }
+
+    /// The loop learns it was handed off (after a service call, or before
+    /// it polls again). The first time, the request that caused it has
+    /// just finished: its duration goes to the histogram.
+    pub(crate) fn note_handed_off(&mut self) {
+        if self.handed_off {
+            return;
+        }
+        self.handed_off = true;
+        let started = *lock(&self.shared.slow_request_started);
+        if let Some(started) = started {
+            self.server.handoff_durations.record(started.elapsed());
+        }
     }
 
     /// Logs a handler's panic and rebuilds the service: the instance may

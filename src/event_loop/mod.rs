@@ -20,7 +20,7 @@ use slab::Slab;
 use crate::conn::{self, Conn, LoopContext, Next};
 use crate::http::date::DateCache;
 use crate::offload::Completion;
-use crate::shared::{lock, LoopShared, LoopState, ServerShared, SharedSocket};
+use crate::shared::{lock, Fate, LoopShared, LoopState, ServerShared, SharedSocket};
 use crate::sys;
 use crate::{memory, Response, ServiceFactory};
 use accept::Acceptor;
@@ -72,8 +72,10 @@ struct ExitGuard(Arc<LoopShared>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
-        if let Some(arena) = *lock(&self.0.arena) {
-            memory::purge_arena(arena);
+        // The thread's allocations are freed by now, but for what it
+        // handed to other threads; its thread cache goes when it ends.
+        if let Some(arena) = lock(&self.0.arena).take() {
+            memory::release_arena(arena);
         }
         self.0.set_state(LoopState::Exited);
     }
@@ -95,6 +97,18 @@ struct EventLoop<F: ServiceFactory> {
     next_sweep: Instant,
     sweep_every: Duration,
     drain_deadline: Option<Instant>,
+    /// Acted on a handoff: left the listener, forgot what moved.
+    left_slot: bool,
+}
+
+/// Where a connection comes from, for `add_conn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Accepted from the listener: counted against `max_connections`.
+    Accepted,
+    /// Served by another loop of the slot until now: already counted
+    /// (the server's count went down when it left that loop).
+    Adopted,
 }
 
 impl<F: ServiceFactory> EventLoop<F> {
@@ -131,11 +145,13 @@ impl<F: ServiceFactory> EventLoop<F> {
                 shared,
                 draining: false,
                 abandoned: false,
+                handed_off: false,
                 out: Vec::with_capacity(SCRATCH_BYTES),
                 offload: server.offload.clone(),
                 completions: completions_tx,
                 waker,
                 next_job_id: 0,
+                server: server.clone(),
             },
             completions,
             scratch: vec![0; SCRATCH_BYTES],
@@ -146,6 +162,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             next_sweep: now + sweep_every,
             sweep_every,
             drain_deadline: None,
+            left_slot: false,
         })
     }
 
@@ -160,7 +177,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         drop(ready);
         self.cx.now = Instant::now();
         for stream in adopt {
-            self.add_conn(stream);
+            self.add_conn(stream, Origin::Adopted);
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -195,11 +212,15 @@ impl<F: ServiceFactory> EventLoop<F> {
             match event.token() {
                 LISTENER => self.accept_and_share(),
                 // Offloaded work came back, a sibling left connections
-                // to accept, or a flag checked in `after_events` was set.
+                // to accept or handed some over, or a flag checked in
+                // `after_events` was set.
                 WAKER => {
                     self.take_completions();
                     if self.cx.shared.accept_hint.swap(false, Relaxed) {
                         self.accept_and_share();
+                    }
+                    if self.cx.shared.inbox_hint.swap(false, Relaxed) {
+                        self.adopt_inbox();
                     }
                 }
                 Token(key) => {
@@ -215,6 +236,9 @@ impl<F: ServiceFactory> EventLoop<F> {
             if self.cx.abandoned {
                 return;
             }
+            if self.cx.handed_off && !self.left_slot {
+                self.leave_slot();
+            }
         }
         for key in std::mem::take(&mut self.deferred) {
             self.on_conn_event(key, true, false);
@@ -228,9 +252,17 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// timers; true when the loop is done (drained, stopped or given up on).
     fn after_events(&mut self) -> bool {
         self.publish_counters();
-        if self.cx.abandoned || self.cx.shared.abandoned.load(Relaxed) {
+        match self.cx.shared.fate() {
+            Fate::Abandoned => self.cx.abandoned = true,
+            Fate::HandedOff => self.cx.note_handed_off(),
+            Fate::Serving => {}
+        }
+        if self.cx.abandoned {
             self.exit_abandoned();
             return true;
+        }
+        if self.cx.handed_off && !self.left_slot {
+            self.leave_slot();
         }
         if self.server.stop_now.load(Relaxed) {
             self.close_all();
@@ -244,9 +276,90 @@ impl<F: ServiceFactory> EventLoop<F> {
         if self.cx.now >= self.next_sweep {
             self.sweep();
         }
-        let (now, draining) = (self.cx.now, self.cx.draining);
+        let (now, draining) = (self.cx.now, self.cx.draining || self.left_slot);
         self.acceptor.resume_if_due(&self.poll, &self.server, &self.cx.shared, now, draining);
-        self.cx.draining && self.drained()
+        if self.cx.draining {
+            return self.drained();
+        }
+        if self.left_slot {
+            self.pass_idle_connections();
+            if self.conns.is_empty() {
+                log::debug!("loop {} handed off and done, exiting", self.cx.shared.name());
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The supervisor handed this loop off: a fresh loop has the slot's
+    /// listener and the connections that were idle. Leave the listener,
+    /// forget what moved, and go on with the rest (see
+    /// `pass_idle_connections`).
+    fn leave_slot(&mut self) {
+        self.left_slot = true;
+        self.cx.shared.set_state(LoopState::HandedOff);
+        self.acceptor.stop_listening(&self.poll, &self.server, &self.cx.shared);
+        let moved: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, conn)| conn.socket.is_moved())
+            .map(|(key, _)| key)
+            .collect();
+        for &key in &moved {
+            self.forget(key);
+        }
+        log::debug!(
+            "loop {} handed off: moved={} kept={}",
+            self.cx.shared.name(),
+            moved.len(),
+            self.conns.len()
+        );
+    }
+
+    /// A handed-off loop passes each connection to the slot's current loop
+    /// as soon as it holds no state (its response written, nothing
+    /// buffered), keep-alive and all: the client sees nothing of it.
+    fn pass_idle_connections(&mut self) {
+        let idle: Vec<usize> =
+            self.conns.iter().filter(|(_, conn)| conn.is_clean()).map(|(key, _)| key).collect();
+        for key in idle {
+            let Some(conn) = self.conns.get(key) else { continue };
+            if !conn.socket.claim() {
+                self.forget(key);
+                continue;
+            }
+            let conn = self.conns.remove(key);
+            self.leave_epoll(&conn);
+            self.cx.shared.registry().remove(key);
+            self.server.open_connections.fetch_sub(1, Relaxed);
+            self.cx.shared.open_connections.fetch_sub(1, Relaxed);
+            let stream = match Arc::try_unwrap(conn.socket) {
+                Ok(socket) => socket.stream,
+                Err(shared) => match shared.stream.try_clone() {
+                    Ok(stream) => stream,
+                    Err(err) => {
+                        log::warn!(
+                            "loop {} cannot pass a connection on: {err}",
+                            self.cx.shared.name()
+                        );
+                        continue;
+                    }
+                },
+            };
+            if let Err(stream) = self.server.deliver(self.cx.shared.slot, stream) {
+                // No loop of the slot takes connections right now: keep
+                // serving it, and try again after its next request.
+                self.add_conn(stream, Origin::Adopted);
+            }
+        }
+    }
+
+    /// Serves the connections other loops of the slot handed over.
+    fn adopt_inbox(&mut self) {
+        let delivered = self.cx.shared.registry().take_inbox();
+        for stream in delivered {
+            self.add_conn(stream, Origin::Adopted);
+        }
     }
 
     /// While draining: done once no connection is left, or at the deadline.
@@ -291,7 +404,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         let backlog_left =
             self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
         for stream in accepted.drain(..) {
-            self.add_conn(stream);
+            self.add_conn(stream, Origin::Accepted);
         }
         self.accepted = accepted;
         let mine = self.conns.len();
@@ -308,7 +421,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             let more =
                 self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
             for stream in accepted.drain(..) {
-                self.add_conn(stream);
+                self.add_conn(stream, Origin::Accepted);
             }
             self.accepted = accepted;
             if !more {
@@ -317,9 +430,10 @@ impl<F: ServiceFactory> EventLoop<F> {
         }
     }
 
-    fn add_conn(&mut self, stream: TcpStream) {
+    fn add_conn(&mut self, stream: TcpStream, origin: Origin) {
         let server = &self.server;
-        if server.open_connections.fetch_add(1, Relaxed) >= server.config.max_connections {
+        let open = server.open_connections.fetch_add(1, Relaxed);
+        if origin == Origin::Accepted && open >= server.config.max_connections {
             server.open_connections.fetch_sub(1, Relaxed);
             self.cx.count_rejected();
             conn::refuse_over_limit(&stream, &self.cx.date);
@@ -333,14 +447,10 @@ impl<F: ServiceFactory> EventLoop<F> {
         let socket = Arc::new(SharedSocket::new(stream));
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        {
-            let mut registry = self.cx.shared.registry();
-            if registry.is_closed() {
-                // Abandoned between poll and here; the stream closes on drop.
-                server.open_connections.fetch_sub(1, Relaxed);
-                return;
-            }
-            registry.insert(key, socket.clone());
+        if !self.cx.shared.registry().insert(key, socket.clone()) {
+            // Abandoned between poll and here; the stream closes on drop.
+            server.open_connections.fetch_sub(1, Relaxed);
+            return;
         }
         // Both interests once, edge-triggered: no re-registration later.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket.stream);
@@ -397,10 +507,13 @@ impl<F: ServiceFactory> EventLoop<F> {
             return; // closed earlier in this batch
         };
         // Not movable while it is being served (a handler may stall here).
-        conn.socket.set_clean(false);
+        if !conn.socket.claim() {
+            self.forget(key);
+            return;
+        }
         let next = work(conn, &mut self.scratch, &mut self.cx);
         if next != Next::Close {
-            conn.socket.set_clean(conn.is_clean());
+            conn.socket.release(conn.is_clean());
         }
         match next {
             Next::Wait => {}
@@ -412,15 +525,17 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// Closes a connection: its socket closes once the registry lets go too
     /// (see `shared::FdRegistry`).
     fn close(&mut self, key: usize) {
-        let Some(conn) = self.conns.try_remove(key) else {
+        let Some(conn) = self.conns.get(key) else {
             return;
         };
+        if !conn.socket.claim() {
+            self.forget(key);
+            return;
+        }
+        let conn = self.conns.remove(key);
         // Output encoded for this connection and not written has nowhere to go.
         self.cx.out.clear();
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.socket.stream);
-        // Closing the fd would remove it from the epoll set, unless the
-        // supervisor holds a duplicate: then only this does.
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        self.leave_epoll(&conn);
         let mut registry = self.cx.shared.registry();
         registry.remove(key);
         // Once the registry is closed (abandoned), the supervisor has taken
@@ -430,6 +545,23 @@ impl<F: ServiceFactory> EventLoop<F> {
         }
         drop(registry);
         self.cx.shared.open_connections.fetch_sub(1, Relaxed);
+    }
+
+    /// Drops a connection the supervisor moved to another loop, without a
+    /// syscall on it but leaving the epoll set. It was taken off the counts
+    /// when it moved.
+    fn forget(&mut self, key: usize) {
+        if let Some(conn) = self.conns.try_remove(key) {
+            self.leave_epoll(&conn);
+            self.cx.shared.registry().remove(key);
+        }
+    }
+
+    /// Removes a connection from this loop's epoll set. Closing the fd
+    /// would do it too, but not while another loop holds a duplicate.
+    fn leave_epoll(&self, conn: &Conn) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&conn.socket.stream);
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
     }
 
     fn close_all(&mut self) {
@@ -450,11 +582,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             .map(|(key, _)| key)
             .collect();
         for key in expired {
-            if let Some(conn) = self.conns.get_mut(key) {
-                if conn.on_deadline(&mut self.cx) == Next::Close {
-                    self.close(key);
-                }
-            }
+            self.serve(key, |conn, _, cx| conn.on_deadline(cx));
         }
     }
 

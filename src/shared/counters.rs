@@ -11,7 +11,7 @@ use serde::Serialize;
 
 macro_rules! slot_counters {
     ($(
-        #[doc = $doc:literal]
+        $(#[doc = $doc:literal])+
         $field:ident => $metric:literal $(($label:literal = $value:literal, $family:ident))?;
     )+) => {
         /// Counters of one slot. They outlive the loops of the slot, so
@@ -24,13 +24,13 @@ macro_rules! slot_counters {
         // slot's counters and must not share a line with another slot's.
         #[repr(align(128))]
         pub(crate) struct SlotCounters {
-            $( #[doc = $doc] pub(crate) $field: AtomicU64, )+
+            $( $(#[doc = $doc])+ pub(crate) $field: AtomicU64, )+
         }
 
         /// The counters of one slot (or, summed, of all) at one moment.
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
         pub struct SlotCounts {
-            $( #[doc = $doc] pub $field: u64, )+
+            $( $(#[doc = $doc])+ pub $field: u64, )+
         }
 
         impl SlotCounters {
@@ -45,7 +45,7 @@ macro_rules! slot_counters {
             pub(crate) fn metrics(&self) -> Vec<CounterMetric> {
                 vec![$( CounterMetric {
                     name: $metric,
-                    help: None $( .or(Some($family)) )?.unwrap_or($doc.trim_start()),
+                    help: None $( .or(Some($family)) )?.unwrap_or(concat!($($doc),+).trim_start()),
                     label: None $( .or(Some(($label, $value))) )?,
                     value: self.$field,
                 }, )+]
@@ -73,6 +73,11 @@ slot_counters! {
     rejected => "rejected_requests_total";
     /// Requests handed to the offload pool, including refused ones.
     offloaded => "offloaded_requests_total";
+    /// Loops handed off: busy on one request past the handoff threshold, so
+    /// a fresh loop took their core while they finished it.
+    handoffs => "handoffs_total";
+    /// Requests completed by handed-off threads (the slow one included).
+    requests_after_handoff => "requests_after_handoff_total";
     /// Loops replaced because they stalled.
     replaced_stalled => "replacements_total" ("reason" = "stalled", REPLACEMENTS);
     /// Loops replaced because their thread died.

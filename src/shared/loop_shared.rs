@@ -3,13 +3,24 @@
 //! # Atomic ordering
 //! Everything here is a statistic or a flag that carries no data with it,
 //! so `Relaxed` is enough: the heartbeat is compared only with earlier
-//! values of itself; counters are read for display; the `abandoned` and
-//! `draining` flags are polled by the loop, which is woken through its
+//! values of itself; counters are read for display; the `fate` word and the
+//! `draining` flag are polled by the loop, which is woken through its
 //! `mio::Waker` (a syscall, which orders everything before it) whenever it
-//! must notice one promptly. The fd registry is a mutex because its job is
-//! mutual exclusion: see [`FdRegistry`].
+//! must notice one promptly. Who owns each connection is settled by the
+//! claim protocol of [`FdRegistry`], not by these flags: a loop that reads a
+//! stale fate still cannot touch a connection that moved.
+//!
+//! A handoff, in order: the supervisor stores `HANDED_OFF` in `fate`,
+//! lowers the thread's priority, moves the idle connections out of the
+//! registry (see its `# Atomic ordering`) and spawns the fresh loop with
+//! them. The old thread loads `fate` after every service call and before
+//! each poll; once it sees `HANDED_OFF` it leaves the listener, forgets the
+//! connections that moved, and passes each of its own to the slot's current
+//! loop through that loop's inbox as soon as it is idle.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -91,6 +102,9 @@ pub enum LoopState {
     Draining,
     /// Stalled and replaced; its thread has not come back yet.
     Abandoned,
+    /// Busy past the handoff threshold: a fresh loop took its core, its
+    /// listener and its idle connections; it finishes the rest and exits.
+    HandedOff,
     /// Its thread has ended.
     Exited,
 }
@@ -102,9 +116,22 @@ impl LoopState {
             1 => LoopState::Serving,
             2 => LoopState::Draining,
             3 => LoopState::Abandoned,
+            4 => LoopState::HandedOff,
             _ => LoopState::Exited,
         }
     }
+}
+
+/// What the supervisor decided for a loop. Only ever moves forward:
+/// `Serving` -> `HandedOff` -> `Abandoned`, or `Serving` -> `Abandoned`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Fate {
+    Serving = 0,
+    /// Finish the current work, pass connections on, exit.
+    HandedOff = 1,
+    /// Every connection is gone; exit as soon as the handler returns.
+    Abandoned = 2,
 }
 
 /// One loop (one slot, one generation), as seen from outside it.
@@ -121,8 +148,13 @@ pub(crate) struct LoopShared {
     pub(crate) current_request: RequestRecord,
     /// Kernel thread id, once the thread runs (0 before).
     pub(crate) tid: AtomicI32,
-    /// Set by the supervisor; the loop exits as soon as it sees it.
-    pub(crate) abandoned: AtomicBool,
+    /// What the supervisor decided for the loop (see [`Fate`]).
+    fate: AtomicU8,
+    /// Set when the supervisor handed the loop off: when its slow request
+    /// started, as far as the supervisor can tell.
+    pub(crate) slow_request_started: Mutex<Option<Instant>>,
+    /// Another loop delivered connections to the inbox (see `FdRegistry`).
+    pub(crate) inbox_hint: AtomicBool,
     /// Set to stop accepting, finish connections, and exit.
     pub(crate) draining: AtomicBool,
     /// Set by another loop that left connections in the backlog.
@@ -155,7 +187,9 @@ impl LoopShared {
             registry: Mutex::new(FdRegistry::default()),
             current_request: RequestRecord::default(),
             tid: AtomicI32::new(0),
-            abandoned: AtomicBool::new(false),
+            fate: AtomicU8::new(Fate::Serving as u8),
+            slow_request_started: Mutex::new(None),
+            inbox_hint: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             accept_hint: AtomicBool::new(false),
             accepted_final: AtomicBool::new(false),
@@ -163,6 +197,22 @@ impl LoopShared {
             arena: Mutex::new(None),
             waker: Mutex::new(None),
         }
+    }
+
+    /// What the supervisor decided for the loop: one relaxed load, made
+    /// after every service call.
+    #[inline]
+    pub(crate) fn fate(&self) -> Fate {
+        match self.fate.load(Relaxed) {
+            0 => Fate::Serving,
+            1 => Fate::HandedOff,
+            _ => Fate::Abandoned,
+        }
+    }
+
+    /// Decides the loop's fate (supervisor side); the loop is then woken.
+    pub(crate) fn set_fate(&self, fate: Fate) {
+        self.fate.fetch_max(fate as u8, Relaxed);
     }
 
     /// `loop <slot>.<generation>`, as every log line names a loop.

@@ -6,18 +6,21 @@
 //! `sys`, `memory`, `offload` and `config`.
 
 mod counters;
+mod histogram;
 mod loop_shared;
 mod registry;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 pub(crate) use counters::SlotCounters;
 pub use counters::SlotCounts;
+pub(crate) use histogram::Histogram;
+pub use histogram::HistogramSnapshot;
 pub use loop_shared::LoopState;
-pub(crate) use loop_shared::{Heartbeat, LoopShared};
+pub(crate) use loop_shared::{Fate, Heartbeat, LoopShared};
 pub(crate) use registry::SharedSocket;
 
 use crate::config::Config;
@@ -50,6 +53,10 @@ pub(crate) struct ServerShared {
     /// Abandoned loops whose threads have not returned.
     pub(crate) abandoned: Mutex<Vec<Arc<LoopShared>>>,
     pub(crate) reclaimed: AtomicU64,
+    /// Handed-off threads still finishing their work.
+    pub(crate) handed_off: Mutex<Vec<Arc<LoopShared>>>,
+    /// How long the requests that caused a handoff took.
+    pub(crate) handoff_durations: Histogram,
     pub(crate) intensity_exceeded: AtomicU64,
     pub(crate) memory: Mutex<MemoryReport>,
     pub(crate) admin_addr: OnceLock<SocketAddr>,
@@ -75,6 +82,35 @@ impl ServerShared {
         next.wake();
     }
 }
+
+impl ServerShared {
+    /// Gives an idle connection to the current loop of `slot` (a handed-off
+    /// thread passing on what it kept). Gives it back when no loop of the
+    /// slot takes connections now: the caller keeps serving it.
+    pub(crate) fn deliver(&self, slot: usize, mut stream: TcpStream) -> Result<(), TcpStream> {
+        // The supervisor publishes a replacement right after it hands a
+        // loop off; between the two the old loop refuses deliveries.
+        for _ in 0..DELIVERY_ATTEMPTS {
+            let Some(target) = lock(&self.loops).get(slot).cloned() else { return Err(stream) };
+            if !target.draining.load(Relaxed) {
+                match target.registry().deliver(stream) {
+                    Ok(()) => {
+                        target.inbox_hint.store(true, Relaxed);
+                        target.wake();
+                        return Ok(());
+                    }
+                    Err(refused) => stream = refused,
+                }
+            }
+            std::thread::yield_now();
+        }
+        Err(stream)
+    }
+}
+
+/// How often `deliver` looks for a loop that takes connections before it
+/// gives up for now (each attempt yields the CPU once).
+const DELIVERY_ATTEMPTS: usize = 100;
 
 /// The supervisor's last memory reading.
 #[derive(Clone, Debug, Default)]

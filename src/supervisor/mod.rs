@@ -18,13 +18,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::event_loop;
 use crate::memory;
 use crate::shared::{
-    lock, panic_message, Command, LoopShared, LoopState, MemoryReport, ServerShared,
+    lock, panic_message, Command, Fate, LoopShared, LoopState, MemoryReport, ServerShared,
 };
 use crate::sys;
 use crate::ServiceFactory;
 use intensity::RestartIntensity;
 use rules::{respawn_delay, Crossing};
-use verdict::{judge, Observation, Verdict};
+use verdict::{judge, Observation, Thresholds, Verdict};
 
 /// How long the supervisor waits for a new loop to be listening before it
 /// goes on (it only waits so that the loop is in `epoll_wait` before the
@@ -77,6 +77,7 @@ pub(crate) fn start<F: ServiceFactory>(
         supervisor.slots.push(Slot {
             running: Some(running),
             observation: None,
+            handed_off: Vec::new(),
             generation: 0,
             deaths_in_a_row: 0,
             respawn_at: None,
@@ -116,10 +117,19 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
+/// A handed-off thread and what the supervisor last saw of it.
+#[derive(Debug)]
+struct Watched {
+    running: Running,
+    observation: Option<Observation>,
+}
+
 #[derive(Debug)]
 struct Slot {
     running: Option<Running>,
     observation: Option<Observation>,
+    /// Handed-off threads of the slot still finishing their work.
+    handed_off: Vec<Watched>,
     generation: u32,
     deaths_in_a_row: u32,
     respawn_at: Option<Instant>,
@@ -211,23 +221,36 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.slots.iter().filter_map(|slot| slot.running.as_ref())
     }
 
-    /// Every loop that serves or finishes serving: current and retiring.
+    /// Every loop that serves or finishes serving: current, handed off
+    /// and retiring.
     fn live(&self) -> impl Iterator<Item = &Running> {
-        self.current().chain(&self.retiring)
+        self.current().chain(self.handed_off()).chain(&self.retiring)
     }
 
-    /// Makes the snapshot's list of current loops match the slots.
+    /// Handed-off threads still finishing their work.
+    fn handed_off(&self) -> impl Iterator<Item = &Running> {
+        self.slots.iter().flat_map(|slot| slot.handed_off.iter().map(|w| &w.running))
+    }
+
+    /// Makes the snapshot's lists of loops match the supervisor's.
     fn publish_loops(&self) {
-        let current: Vec<Arc<LoopShared>> = self.current().map(|r| r.shared.clone()).collect();
-        *lock(&self.server.loops) = current;
-        let abandoned: Vec<Arc<LoopShared>> =
-            self.abandoned.iter().map(|r| r.shared.clone()).collect();
-        *lock(&self.server.abandoned) = abandoned;
+        let shared = |r: &Running| r.shared.clone();
+        *lock(&self.server.loops) = self.current().map(shared).collect();
+        *lock(&self.server.handed_off) = self.handed_off().map(shared).collect();
+        *lock(&self.server.abandoned) = self.abandoned.iter().map(shared).collect();
+    }
+
+    fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            handoff_after: self.server.config.handoff_after,
+            stall_timeout: self.server.config.stall_timeout,
+        }
     }
 
     fn check_loops(&mut self, now: Instant) {
-        let stall_timeout = self.server.config.stall_timeout;
+        let thresholds = self.thresholds();
         for slot in 0..self.slots.len() {
+            self.check_handed_off(slot, now);
             let Some(running) = &self.slots[slot].running else {
                 if self.slots[slot].respawn_at.is_some_and(|at| now >= at) {
                     self.respawn(slot);
@@ -239,12 +262,85 @@ impl<F: ServiceFactory> Supervisor<F> {
                 continue;
             }
             let word = running.shared.heartbeat.read();
-            let (observation, verdict) =
-                judge(self.slots[slot].observation, word, now, stall_timeout);
+            let (observation, verdict) = judge(self.slots[slot].observation, word, now, thresholds);
             self.slots[slot].observation = Some(observation);
-            if let Verdict::Stalled { stuck_for } = verdict {
-                self.abandon(slot, stuck_for, now);
+            match verdict {
+                Verdict::Stalled { stuck_for } => self.abandon(slot, stuck_for, now),
+                Verdict::HandoffDue { busy_for } if self.may_hand_off(slot) => {
+                    self.hand_off(slot, busy_for, now)
+                }
+                _ => {}
             }
+        }
+    }
+
+    /// Whether the current loop of `slot` may be handed off now: not in a
+    /// shutdown, and the slot's handed-off threads are under the cap (past
+    /// it the slot waits for its loop, as without handoff).
+    fn may_hand_off(&self, slot: usize) -> bool {
+        self.shutdown_deadline.is_none()
+            && self.slots[slot].handed_off.len() < self.server.config.max_handed_off
+    }
+
+    /// Hands the loop of `slot`, busy on one request for `busy_for`, off:
+    /// a fresh loop on the same core takes the listener and every idle
+    /// connection at once, while the old thread finishes its request at a
+    /// lower priority, passes what it kept to the new loop as each becomes
+    /// idle, and exits. Nothing is closed.
+    fn hand_off(&mut self, slot: usize, busy_for: Duration, now: Instant) {
+        let Some(old) = self.slots[slot].running.take() else {
+            return;
+        };
+        old.shared.set_fate(Fate::HandedOff);
+        old.shared.set_state(LoopState::HandedOff);
+        *lock(&old.shared.slow_request_started) = now.checked_sub(busy_for);
+        let tid = old.shared.tid.load(Relaxed);
+        if tid > 0 {
+            if let Err(err) = sys::set_nice(tid, self.server.config.handoff_nice) {
+                log::debug!("loop {} could not be reniced: {err}", old.shared.name());
+            }
+        }
+        let moved = old.shared.registry().hand_off();
+        self.server.open_connections.fetch_sub(moved.from_loop, Relaxed);
+        old.shared.open_connections.fetch_sub(moved.from_loop, Relaxed);
+        let migrated = moved.streams.len();
+        let observation = self.slots[slot].observation;
+        let replacement = self.next_generation(slot, moved.streams);
+        old.shared.counters.handoffs.fetch_add(1, Relaxed);
+        // It was busy; should it be between two steps, it checks its fate
+        // before it polls again.
+        old.shared.wake();
+        log::debug!(
+            "loop {} handed off busy_for={busy_for:?} migrated_connections={migrated} request={:?} replaced_by={}",
+            old.shared.name(),
+            old.shared.current_request.read().unwrap_or_default(),
+            replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
+        );
+        self.slots[slot].handed_off.push(Watched { running: old, observation });
+        self.publish_loops();
+    }
+
+    /// Forgets the handed-off threads of `slot` that finished, and gives up
+    /// on those that outlived the stall timeout.
+    fn check_handed_off(&mut self, slot: usize, now: Instant) {
+        let thresholds = Thresholds { handoff_after: Duration::ZERO, ..self.thresholds() };
+        let mut index = 0;
+        while index < self.slots[slot].handed_off.len() {
+            let watched = &mut self.slots[slot].handed_off[index];
+            if watched.running.thread.is_finished() {
+                self.slots[slot].handed_off.remove(index);
+                self.publish_loops();
+                continue;
+            }
+            let word = watched.running.shared.heartbeat.read();
+            let (observation, verdict) = judge(watched.observation, word, now, thresholds);
+            watched.observation = Some(observation);
+            if let Verdict::Stalled { stuck_for } = verdict {
+                let stuck = self.slots[slot].handed_off.remove(index);
+                self.give_up(slot, stuck.running, stuck_for, now);
+                continue;
+            }
+            index += 1;
         }
     }
 
@@ -255,19 +351,26 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// or already sent and the kernel holds, are served as if nothing
     /// happened. Only connections with state inside the stuck loop (the
     /// request being served, partial input, unsent output) are shut down.
-    ///
-    /// The replacement is started (and listening) *before* those
-    /// connections are shut down: their clients reconnect within
-    /// microseconds, and if the replacement were not yet in `epoll_wait`
-    /// they would all land on the other loops and stay there.
     fn abandon(&mut self, slot: usize, stuck_for: Duration, now: Instant) {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
-        old.shared.abandoned.store(true, Relaxed);
+        self.give_up(slot, old, stuck_for, now);
+    }
+
+    /// Gives up on `old`, a loop (current or handed off) stuck for
+    /// `stuck_for`: its idle connections go to the slot's current loop (a
+    /// fresh one, if `old` was current), the others are shut down, and the
+    /// thread is moved to `SCHED_IDLE` and counted against `max_abandoned`.
+    ///
+    /// A replacement is started (and listening) *before* the connections
+    /// are shut down: their clients reconnect within microseconds, and if
+    /// it were not yet in `epoll_wait` they would all land on the other
+    /// loops and stay there.
+    fn give_up(&mut self, slot: usize, old: Running, stuck_for: Duration, now: Instant) {
+        old.shared.set_fate(Fate::Abandoned);
         old.shared.set_state(LoopState::Abandoned);
         let taken = {
-            // The lock the loop also closes its fds under: see `EventLoop::close`.
             let mut registry = old.shared.registry();
             let taken = registry.take_over();
             let open = old.shared.open_connections.load(Relaxed);
@@ -275,18 +378,27 @@ impl<F: ServiceFactory> Supervisor<F> {
             taken
         };
         let migrated = taken.clean.len();
-        // If the replacement cannot start, its sockets die with the thread
-        // that was never created; these copies let their clients see a
-        // close instead of waiting for the stuck loop.
-        let fallback: Vec<TcpStream> =
-            taken.clean.iter().filter_map(|stream| stream.try_clone().ok()).collect();
-        let replacement = self.next_generation(slot, taken.clean);
-        if replacement.is_none() {
-            for stream in &fallback {
-                let _ = stream.shutdown(Shutdown::Both);
+        let replaced_by = if self.slots[slot].running.is_none() {
+            // If the replacement cannot start, its sockets die with the
+            // thread that was never created; these copies let their clients
+            // see a close instead of waiting for the stuck loop.
+            let fallback: Vec<TcpStream> =
+                taken.clean.iter().filter_map(|stream| stream.try_clone().ok()).collect();
+            let replacement = self.next_generation(slot, taken.clean);
+            if replacement.is_none() {
+                for stream in &fallback {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
             }
-        }
-        drop(fallback);
+            replacement
+        } else {
+            for stream in taken.clean {
+                if let Err(stream) = self.server.deliver(slot, stream) {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+            Some(self.slots[slot].generation)
+        };
         old.shared.counters.replaced_stalled.fetch_add(1, Relaxed);
         let shared = old.shared.clone();
         self.abandoned.push(old);
@@ -307,7 +419,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             closed,
             migrated,
             shared.current_request.read().unwrap_or_default(),
-            replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
+            replaced_by.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
         );
         self.record_restart(now);
         if self.abandoned.len() > self.server.config.max_abandoned {

@@ -16,24 +16,36 @@ pub(crate) struct Observation {
 pub(crate) enum Verdict {
     /// Waiting in `poll`: idle for as long as it likes.
     Idle,
-    /// Busy and moving, or busy for less than the timeout.
+    /// Busy and moving, or busy for less than either threshold.
     Working,
+    /// Busy with the same word for at least the handoff threshold: the
+    /// rest of its connections should not wait for it.
+    HandoffDue { busy_for: Duration },
     /// Busy with the same word for at least the stall timeout.
     Stalled { stuck_for: Duration },
+}
+
+/// How long a loop may be busy without progress before each step; zero
+/// turns a step off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Thresholds {
+    pub(crate) handoff_after: Duration,
+    pub(crate) stall_timeout: Duration,
 }
 
 /// Judges a loop from its heartbeat `word` read at `now`.
 ///
 /// A changed word means progress: the observation restarts. An unchanged
-/// word with the busy bit set for `stall_timeout` or longer is a stall.
-/// Because the observation starts when the supervisor first *sees* a word,
-/// a stall is reported at most `stall_timeout` + 2 check intervals after
-/// the loop stopped moving.
+/// word with the busy bit set for the stall timeout or longer is a stall;
+/// for the handoff threshold or longer, a handoff is due. Because the
+/// observation starts when the supervisor first *sees* a word, each is
+/// reported at most its threshold + 2 check intervals after the loop
+/// stopped moving.
 pub(crate) fn judge(
     previous: Option<Observation>,
     word: u64,
     now: Instant,
-    stall_timeout: Duration,
+    thresholds: Thresholds,
 ) -> (Observation, Verdict) {
     let observation = match previous {
         Some(seen) if seen.word == word => seen,
@@ -42,19 +54,28 @@ pub(crate) fn judge(
     if word & Heartbeat::BUSY == 0 {
         return (observation, Verdict::Idle);
     }
-    let stuck_for = now.saturating_duration_since(observation.since);
-    if !stall_timeout.is_zero() && stuck_for >= stall_timeout {
-        (observation, Verdict::Stalled { stuck_for })
+    let busy_for = now.saturating_duration_since(observation.since);
+    let reached = |threshold: Duration| !threshold.is_zero() && busy_for >= threshold;
+    let verdict = if reached(thresholds.stall_timeout) {
+        Verdict::Stalled { stuck_for: busy_for }
+    } else if reached(thresholds.handoff_after) {
+        Verdict::HandoffDue { busy_for }
     } else {
-        (observation, Verdict::Working)
-    }
+        Verdict::Working
+    };
+    (observation, verdict)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const TIMEOUT: Duration = Duration::from_secs(2);
+    const TIMEOUT: Thresholds =
+        Thresholds { handoff_after: Duration::ZERO, stall_timeout: Duration::from_secs(2) };
+    const BOTH: Thresholds = Thresholds {
+        handoff_after: Duration::from_millis(5),
+        stall_timeout: Duration::from_secs(2),
+    };
     const BUSY: u64 = Heartbeat::BUSY;
 
     fn at(start: Instant, millis: u64) -> Instant {
@@ -77,7 +98,7 @@ mod tests {
         let (seen, verdict) = judge(Some(seen), word, at(t0, 1999), TIMEOUT);
         assert_eq!(verdict, Verdict::Working);
         let (_, verdict) = judge(Some(seen), word, at(t0, 2000), TIMEOUT);
-        assert_eq!(verdict, Verdict::Stalled { stuck_for: TIMEOUT });
+        assert_eq!(verdict, Verdict::Stalled { stuck_for: TIMEOUT.stall_timeout });
     }
 
     #[test]
@@ -111,8 +132,30 @@ mod tests {
     #[test]
     fn zero_timeout_turns_detection_off() {
         let t0 = Instant::now();
-        let (seen, _) = judge(None, 1 << 1 | BUSY, t0, Duration::ZERO);
-        let (_, verdict) = judge(Some(seen), 1 << 1 | BUSY, at(t0, 60_000), Duration::ZERO);
+        let off = Thresholds { handoff_after: Duration::ZERO, stall_timeout: Duration::ZERO };
+        let (seen, _) = judge(None, 1 << 1 | BUSY, t0, off);
+        let (_, verdict) = judge(Some(seen), 1 << 1 | BUSY, at(t0, 60_000), off);
         assert_eq!(verdict, Verdict::Working);
+    }
+
+    #[test]
+    fn a_handoff_comes_before_a_stall() {
+        let t0 = Instant::now();
+        let word = 8 << 1 | BUSY;
+        let (seen, _) = judge(None, word, t0, BOTH);
+        let (seen, verdict) = judge(Some(seen), word, at(t0, 4), BOTH);
+        assert_eq!(verdict, Verdict::Working);
+        let (seen, verdict) = judge(Some(seen), word, at(t0, 5), BOTH);
+        assert_eq!(verdict, Verdict::HandoffDue { busy_for: Duration::from_millis(5) });
+        let (_, verdict) = judge(Some(seen), word, at(t0, 2000), BOTH);
+        assert_eq!(verdict, Verdict::Stalled { stuck_for: Duration::from_secs(2) });
+    }
+
+    #[test]
+    fn an_idle_loop_is_never_handed_off() {
+        let t0 = Instant::now();
+        let (seen, _) = judge(None, 8 << 1, t0, BOTH);
+        let (_, verdict) = judge(Some(seen), 8 << 1, at(t0, 50), BOTH);
+        assert_eq!(verdict, Verdict::Idle);
     }
 }

@@ -1,0 +1,213 @@
+//! Handoff: a loop busy on one request past the threshold gives its core,
+//! listener and idle connections to a fresh loop; the slow request still
+//! completes, and no one else waits for it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use vigil::{Config, LoopState, Request, Response, ServerHandle};
+
+use crate::util::{self, Client};
+
+/// Holds `/slow` requests until the test opens it. Opens on drop, so that
+/// no handler outlives a failed test.
+#[derive(Clone, Default)]
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn wait(&self) {
+        let (open, changed) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+    }
+
+    fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+/// `/slow` waits for the gate (`/slow-panic` then panics); everything else
+/// answers its path and the loop's generation.
+fn gated_server(config: Config, gate: &Gate) -> ServerHandle {
+    let gate = gate.clone();
+    util::start(config, move |_slot| {
+        let gate = gate.clone();
+        move |req: &Request<'_>, res: &mut Response| {
+            match req.path() {
+                "/slow" => gate.wait(),
+                "/slow-panic" => {
+                    gate.wait();
+                    panic!("after the handoff");
+                }
+                _ => {}
+            }
+            res.body(req.path().as_bytes().to_vec());
+        }
+    })
+}
+
+fn config(loops: usize) -> Config {
+    let mut config = util::config(loops);
+    config.handoff_after = Duration::from_millis(10);
+    config.stall_timeout = Duration::from_secs(30);
+    config
+}
+
+fn request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes()
+}
+
+fn handed_off(server: &ServerHandle) -> bool {
+    util::eventually(Duration::from_secs(10), || server.snapshot().totals.handoffs == 1)
+}
+
+#[test]
+fn a_slow_request_does_not_stop_others_and_still_completes() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let addr = server.local_addr();
+    // Connected and idle before the slow request: it must move, not wait.
+    let mut idle = Client::new(addr);
+    idle.send(&request("/before"));
+    assert_eq!(idle.reply().text(), "/before");
+
+    let mut slow = Client::new(addr);
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server), "the busy loop is handed off");
+    // The only loop's thread is still inside the handler (the gate is
+    // shut), so each of these answers comes from the loop that took over.
+    idle.send(&request("/idle-after"));
+    assert_eq!(idle.reply().text(), "/idle-after");
+    assert_eq!(util::get(addr, "/new").unwrap().text(), "/new");
+    let snapshot = server.snapshot();
+    assert_eq!(snapshot.handed_off_alive, 1);
+    assert_eq!(snapshot.handed_off[0].state, LoopState::HandedOff);
+    assert_eq!(snapshot.loops[0].generation, 1);
+
+    gate.open();
+    let reply = slow.reply();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "/slow"));
+    assert!(!reply.closes(), "the slow request's connection stays open");
+    slow.send(&request("/after"));
+    assert_eq!(slow.reply().text(), "/after", "and serves on, from the new loop");
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+    let snapshot = server.snapshot();
+    assert_eq!(snapshot.totals.requests_after_handoff, 1, "the slow one, on the old thread");
+    assert_eq!(snapshot.handoff_durations.count, 1);
+    assert_eq!(snapshot.totals.replaced_stalled, 0);
+    assert_eq!(snapshot.abandoned_alive, 0);
+}
+
+#[test]
+fn pipelined_requests_behind_a_slow_one_keep_their_order() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let mut client = Client::new(server.local_addr());
+    let mut pipeline = request("/slow");
+    pipeline.extend(request("/second"));
+    pipeline.extend(request("/third"));
+    client.send(&pipeline);
+    assert!(handed_off(&server));
+    assert_eq!(util::get(server.local_addr(), "/meanwhile").unwrap().text(), "/meanwhile");
+    gate.open();
+    for path in ["/slow", "/second", "/third"] {
+        assert_eq!(client.reply().text(), path);
+    }
+    client.send(&request("/fourth"));
+    assert_eq!(client.reply().text(), "/fourth");
+}
+
+#[test]
+fn a_handed_off_request_that_panics_gets_its_500() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let mut client = Client::new(server.local_addr());
+    client.send(&request("/slow-panic"));
+    assert!(handed_off(&server));
+    gate.open();
+    assert_eq!(client.reply().status, 500);
+    client.send(&request("/next"));
+    assert_eq!(client.reply().text(), "/next");
+    assert_eq!(server.snapshot().totals.handler_panics, 1);
+}
+
+#[test]
+fn a_handed_off_request_past_the_stall_timeout_is_abandoned() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let mut config = config(1);
+    config.stall_timeout = Duration::from_millis(300);
+    let server = gated_server(config, &gate);
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().abandoned_alive == 1),
+        "abandoned at the stall timeout"
+    );
+    assert!(slow.is_closed(), "its client sees a close");
+    let snapshot = server.snapshot();
+    assert_eq!((snapshot.handed_off_alive, snapshot.totals.replaced_stalled), (0, 1));
+    assert_eq!(util::get(server.local_addr(), "/alive").unwrap().text(), "/alive");
+    gate.open();
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().reclaimed == 1));
+}
+
+#[test]
+fn a_handoff_under_load_loses_no_request() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(2), &gate);
+    let addr = server.local_addr();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (stop, sent, answered) = (stop.clone(), sent.clone(), answered.clone());
+            thread::spawn(move || {
+                let mut client = Client::new(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    client.send(&request("/load"));
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    assert_eq!(client.reply().text(), "/load");
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut slow = Client::new(addr);
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    // Every client keeps being answered while the slow request is pending.
+    let at_handoff = answered.load(Ordering::Relaxed);
+    assert!(util::eventually(Duration::from_secs(10), || answered.load(Ordering::Relaxed)
+        > at_handoff + 1000));
+    gate.open();
+    assert_eq!(slow.reply().text(), "/slow");
+    let at_release = answered.load(Ordering::Relaxed);
+    assert!(util::eventually(Duration::from_secs(10), || answered.load(Ordering::Relaxed)
+        > at_release + 1000));
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("no client saw a failure");
+    }
+    assert_eq!(sent.load(Ordering::Relaxed), answered.load(Ordering::Relaxed));
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+}
