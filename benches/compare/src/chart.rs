@@ -40,19 +40,10 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
     let panels = root.split_evenly((2, 1));
     type Pick = fn(&Summary) -> (f64, f64, f64);
     let metrics: [(&str, Pick); 2] = [
-        ("requests/s (median, min-max)", |s| {
-            (s.rps.med, s.rps.min, s.rps.max)
+        ("requests/s (median, min-max)", |s| (s.rps.med, s.rps.min, s.rps.max)),
+        ("CPU microseconds per request, whole server (median, min-max)", |s| {
+            (s.cpu_us_per_req.med, s.cpu_us_per_req.min, s.cpu_us_per_req.max)
         }),
-        (
-            "CPU microseconds per request, whole server (median, min-max)",
-            |s| {
-                (
-                    s.cpu_us_per_req.med,
-                    s.cpu_us_per_req.min,
-                    s.cpu_us_per_req.max,
-                )
-            },
-        ),
     ];
     let g = groups.len();
     let width = 0.8 / servers.len() as f64;
@@ -62,12 +53,7 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
             [med, lo, hi]
         });
         let positive: Vec<f64> = values.filter(|v| *v > 0.0 && v.is_finite()).collect();
-        let ymin = positive
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            .min(1e9)
-            / 2.0;
+        let ymin = positive.iter().copied().fold(f64::INFINITY, f64::min).min(1e9) / 2.0;
         // Headroom above the tallest bar for the legend.
         let ymax = positive.iter().copied().fold(ymin * 4.0, f64::max) * 4.0;
         let mut chart = ChartBuilder::on(panel)
@@ -140,12 +126,9 @@ pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
     }
     let per_s = 1000.0 / BUCKET_MS as f64;
     let bucket_s = BUCKET_MS as f64 / 1000.0;
-    let ymax = series
-        .iter()
-        .flat_map(|r| r.ok.iter())
-        .map(|&v| v as f64 * per_s)
-        .fold(0.0, f64::max)
-        * 1.15;
+    let ymax =
+        series.iter().flat_map(|r| r.ok.iter()).map(|&v| v as f64 * per_s).fold(0.0, f64::max)
+            * 1.15;
     let root = SVGBackend::new(path, (1100, 550)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -171,11 +154,7 @@ pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
             RGBColor(44, 160, 44)
         };
         // The no-chaos twin is drawn faint: it is the reference line.
-        let style = if r.chaos {
-            base.stroke_width(2)
-        } else {
-            base.mix(0.35).stroke_width(1)
-        };
+        let style = if r.chaos { base.stroke_width(2) } else { base.mix(0.35).stroke_width(1) };
         // The last bucket is partial (the run ends inside it): left out.
         let n = r.ok.len().saturating_sub(1);
         chart

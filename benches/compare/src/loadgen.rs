@@ -85,14 +85,8 @@ pub fn run(spec: &LoadSpec) -> LoadOut {
             })
         })
         .collect();
-    let outs: Vec<ThreadOut> = handles
-        .into_iter()
-        .map(|h| h.join().unwrap_or_default())
-        .collect();
-    let secs = started
-        .elapsed()
-        .as_secs_f64()
-        .min(spec.duration.as_secs_f64());
+    let outs: Vec<ThreadOut> = handles.into_iter().map(|h| h.join().unwrap_or_default()).collect();
+    let secs = started.elapsed().as_secs_f64().min(spec.duration.as_secs_f64());
     let mut lat: Vec<u32> = Vec::new();
     let mut s = Sample::default();
     for o in outs {
@@ -127,11 +121,7 @@ pub fn run(spec: &LoadSpec) -> LoadOut {
         lat.iter().map(|&v| f64::from(v)).sum::<f64>() / lat.len() as f64
     };
     let take = |v: &Arc<Vec<AtomicU64>>| v.iter().map(|a| a.load(Ordering::Relaxed)).collect();
-    LoadOut {
-        sample: s,
-        ok: take(&ok),
-        failed: take(&failed),
-    }
+    LoadOut { sample: s, ok: take(&ok), failed: take(&failed) }
 }
 
 /// One connection's request loop until `deadline`; `on(ok, when)` is told
@@ -194,10 +184,7 @@ fn client(
         match read_response(stream, &mut buf) {
             Ok((status, server_closes)) => {
                 let done = Instant::now();
-                let us = done
-                    .duration_since(t0)
-                    .as_micros()
-                    .min(u128::from(u32::MAX)) as u32;
+                let us = done.duration_since(t0).as_micros().min(u128::from(u32::MAX)) as u32;
                 out.latencies_us.push(us);
                 if (200..300).contains(&status) {
                     on(true, done);
@@ -209,12 +196,7 @@ fn client(
                     conn = None;
                 }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 let at = Instant::now();
                 if at < deadline {
                     out.err_timeout += 1;
@@ -238,10 +220,7 @@ fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(u16, boo
     let mut len = 0;
     loop {
         if len == buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "response too large",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "response too large"));
         }
         let n = stream.read(&mut buf[len..])?;
         if n == 0 {
@@ -258,12 +237,9 @@ fn read_response(stream: &mut TcpStream, buf: &mut [u8]) -> io::Result<(u16, boo
             .and_then(|s| s.parse::<u16>().ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad status line"))?;
         let header = |name: &str| {
-            head.lines()
-                .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            head.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
         };
-        let body = header("content-length:")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+        let body = header("content-length:").and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
         let closes = header("connection:").is_some_and(|v| v == "close");
         if len >= head_end + 4 + body {
             return Ok((status, closes));

@@ -146,20 +146,13 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
             "--quick" => raw.push((a, None)),
             "-h" | "--help" => return Err(USAGE.into()),
             _ if a.starts_with("--") => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
+                let v = it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
                 raw.push((a, Some(v)));
             }
             _ => return Err(format!("unexpected {a:?}\n{USAGE}").into()),
         }
     }
-    let get = |k: &str| {
-        raw.iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .and_then(|(_, v)| v.clone())
-    };
+    let get = |k: &str| raw.iter().rev().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
     let quick = raw.iter().any(|(n, _)| n == "--quick");
     let num = |k: &str, d: f64| -> Result<f64> {
         get(k).map_or(Ok(d), |v| v.parse().map_err(|e| format!("{k}: {e}").into()))
@@ -178,9 +171,7 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         may: get("--may-bin").map(PathBuf::from).and_then(existing),
         node: server::which("node"),
         nginx: server::which("nginx"),
-        peers_dir: get("--peers")
-            .unwrap_or_else(|| "benches/peers".into())
-            .into(),
+        peers_dir: get("--peers").unwrap_or_else(|| "benches/peers".into()).into(),
         secs: num("--secs", if quick { 1.0 } else { 3.0 })?,
         warmup: num("--warmup", if quick { 0.2 } else { 0.5 })?,
         reps: num("--reps", if quick { 1.0 } else { 3.0 })? as usize,
@@ -235,10 +226,7 @@ fn pins(setup: Setup) -> (Option<&'static str>, Option<&'static str>) {
 /// Whether server `name` is installed, selected, and part of `setup`
 /// (node runs alone when pinned and as a cluster on the whole machine).
 fn available(cfg: &Config, name: &str, setup: Setup) -> bool {
-    let selected = cfg
-        .only
-        .as_ref()
-        .is_none_or(|o| o.iter().any(|n| n == name));
+    let selected = cfg.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let installed = match (name, setup) {
         ("vigil", _) => cfg.vigil.is_some(),
         ("may_minihttp", _) => cfg.may.is_some(),
@@ -297,12 +285,8 @@ fn spec_for(
                 return Ok(None);
             };
             mark = Some(NODE_REPLACED);
-            let mut v = vec![
-                path(node),
-                path(&peers.join("node-cluster.js")),
-                port,
-                workers.into(),
-            ];
+            let mut v =
+                vec![path(node), path(&peers.join("node-cluster.js")), port, workers.into()];
             v.extend_from_slice(extra);
             v
         }
@@ -333,19 +317,12 @@ fn spec_for(
         _ => return Ok(None),
     };
     let argv = match pins(setup).0 {
-        Some(cpus) => ["taskset".to_owned(), "-c".into(), cpus.into()]
-            .into_iter()
-            .chain(argv)
-            .collect(),
+        Some(cpus) => {
+            ["taskset".to_owned(), "-c".into(), cpus.into()].into_iter().chain(argv).collect()
+        }
         None => argv,
     };
-    Ok(Some(Spec {
-        name: name.to_owned(),
-        addr,
-        argv,
-        env,
-        mark,
-    }))
+    Ok(Some(Spec { name: name.to_owned(), addr, argv, env, mark }))
 }
 
 fn path(p: &Path) -> String {
@@ -438,11 +415,7 @@ fn load(
     secs: f64,
 ) -> Result<(&'static str, Sample)> {
     let threads = if setup == Setup::Pinned { 1 } else { 2 };
-    let script = cfg
-        .peers_dir
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("pipeline.lua");
+    let script = cfg.peers_dir.parent().unwrap_or(Path::new(".")).join("pipeline.lua");
     let wrk = |script: Option<&Path>| {
         wrk::WrkRun {
             url: format!("http://{addr}/"),
@@ -613,24 +586,14 @@ fn chaos(cfg: &Config) -> Result<()> {
             .to_vec(),
             chaos: true,
         },
-        ChaosCase {
-            label: "vigil",
-            server: "vigil",
-            extra: vec![],
-            chaos: false,
-        },
+        ChaosCase { label: "vigil", server: "vigil", extra: vec![], chaos: false },
         ChaosCase {
             label: "node-cluster chaos",
             server: "node-cluster",
             extra: vec![n.clone()],
             chaos: true,
         },
-        ChaosCase {
-            label: "node-cluster",
-            server: "node-cluster",
-            extra: vec![],
-            chaos: false,
-        },
+        ChaosCase { label: "node-cluster", server: "node-cluster", extra: vec![], chaos: false },
     ];
     let secs = cfg.chaos_secs;
     let mut results = Vec::new();
@@ -665,10 +628,7 @@ fn chaos(cfg: &Config) -> Result<()> {
     println!("{}", report::chaos_table(&results));
     report::write_chaos(cfg, &results)?;
     chart::chaos(&cfg.out.join("chaos.svg"), &results, secs)?;
-    eprintln!(
-        "wrote {0}/chaos.json, {0}/chaos.csv, {0}/chaos.svg",
-        cfg.out.display()
-    );
+    eprintln!("wrote {0}/chaos.json, {0}/chaos.csv, {0}/chaos.svg", cfg.out.display());
     Ok(())
 }
 
@@ -680,10 +640,8 @@ fn chaos_one(
     tool: &'static str,
     secs: f64,
 ) -> Result<ChaosRun> {
-    let log = cfg
-        .out
-        .join("logs")
-        .join(format!("chaos-{}-{tool}.log", case.label.replace(' ', "-")));
+    let log =
+        cfg.out.join("logs").join(format!("chaos-{}-{tool}.log", case.label.replace(' ', "-")));
     let mut server = Running::start(spec, &log)?;
     // The same warm-up as in `bench`, so the curves start with node's JIT
     // done; with chaos on, it may already stall a loop or a worker.
@@ -716,11 +674,8 @@ fn chaos_one(
     let wall = t0.elapsed().as_secs_f64();
     let cpu_us = procfs::tree_cpu_us(server.pid).saturating_sub(cpu0);
     let rss_kib = procfs::tree_rss_kib(server.pid);
-    let marks: Vec<_> = server
-        .marks_since(t0)
-        .into_iter()
-        .filter(|(t, _)| *t >= 0.0 && *t <= wall)
-        .collect();
+    let marks: Vec<_> =
+        server.marks_since(t0).into_iter().filter(|(t, _)| *t >= 0.0 && *t <= wall).collect();
     let alive = server.alive();
     server.stop();
     Ok(ChaosRun {
@@ -749,13 +704,8 @@ fn overhead(cfg: &Config) -> Result<()> {
         eprintln!("overhead: vigil not found, skipped");
         return Ok(());
     }
-    let variants: [(&str, Vec<String>); 2] = [
-        ("supervised", vec![]),
-        (
-            "stall-timeout 0",
-            vec!["--stall-timeout".into(), "0".into()],
-        ),
-    ];
+    let variants: [(&str, Vec<String>); 2] =
+        [("supervised", vec![]), ("stall-timeout 0", vec!["--stall-timeout".into(), "0".into()])];
     let mut runs = Vec::new();
     for rep in 0..cfg.reps {
         for scenario in [Scenario::KeepAlive, Scenario::Pipelined] {

@@ -17,9 +17,8 @@ pub fn ratios_vs_may(runs: &mut [Run]) {
         .map(|r| (r.rep, r.setup, r.scenario, r.sample.rps, r.cpu_us_per_req))
         .collect();
     for r in runs.iter_mut() {
-        if let Some(&(_, _, _, rps, cpu)) = base
-            .iter()
-            .find(|b| (b.0, b.1, b.2) == (r.rep, r.setup, r.scenario))
+        if let Some(&(_, _, _, rps, cpu)) =
+            base.iter().find(|b| (b.0, b.1, b.2) == (r.rep, r.setup, r.scenario))
         {
             r.rps_vs_may = (rps > 0.0).then(|| r.sample.rps / rps);
             r.cpu_vs_may = (cpu > 0.0).then(|| r.cpu_us_per_req / cpu);
@@ -42,16 +41,8 @@ impl Spread {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let med = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Spread {
-            med,
-            min: v[0],
-            max: v[n - 1],
-        })
+        let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Spread { med, min: v[0], max: v[n - 1] })
     }
 
     fn json(self) -> Value {
@@ -117,9 +108,7 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
 }
 
 fn ratio(s: Option<Spread>) -> String {
-    s.map_or("-".into(), |s| {
-        format!("{:.2} ({:.2}-{:.2})", s.med, s.min, s.max)
-    })
+    s.map_or("-".into(), |s| format!("{:.2} ({:.2}-{:.2})", s.med, s.min, s.max))
 }
 
 fn lat(us: f64) -> String {
@@ -225,10 +214,7 @@ pub fn write_bench(cfg: &Config, runs: &[Run], summary: &[Summary]) -> crate::Re
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         "summary": rows,
     });
-    std::fs::write(
-        cfg.out.join("bench.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
     let mut csv = String::from(
         "rep,setup,scenario,server,tool,requests,secs,rps,cpu_us,cpu_us_per_req,rps_vs_may,cpu_vs_may,rss_kib,processes,p50_us,p75_us,p90_us,p99_us,max_us,err_connect,err_read,err_write,err_timeout,non2xx\n",
     );
@@ -335,10 +321,7 @@ pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
             "ok_per_bucket": r.ok, "failed_per_bucket": r.failed,
         })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        cfg.out.join("chaos.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join("chaos.json"), serde_json::to_string_pretty(&doc)?)?;
     // The time series, one row per bucket and case, for plotting elsewhere.
     let mut csv = String::from("label,bucket_start_s,ok,failed,ok_per_s\n");
     let per_s = 1000.0 / BUCKET_MS as f64;
@@ -363,9 +346,8 @@ pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
 fn overhead_pairs(runs: &[Run]) -> Vec<(&'static str, f64)> {
     let mut pairs = Vec::new();
     for a in runs.iter().filter(|r| r.server == "vigil supervised") {
-        if let Some(b) = runs
-            .iter()
-            .find(|b| b.server != a.server && b.rep == a.rep && b.scenario == a.scenario)
+        if let Some(b) =
+            runs.iter().find(|b| b.server != a.server && b.rep == a.rep && b.scenario == a.scenario)
         {
             if b.cpu_us_per_req > 0.0 {
                 pairs.push((a.scenario, a.cpu_us_per_req / b.cpu_us_per_req - 1.0));
@@ -397,11 +379,7 @@ pub fn overhead_table(runs: &[Run]) -> String {
     }
     let pairs = overhead_pairs(runs);
     for scenario in ["keep-alive", "pipelined16"] {
-        let v: Vec<f64> = pairs
-            .iter()
-            .filter(|p| p.0 == scenario)
-            .map(|p| p.1)
-            .collect();
+        let v: Vec<f64> = pairs.iter().filter(|p| p.0 == scenario).map(|p| p.1).collect();
         if let Some(s) = Spread::of(v) {
             let _ = writeln!(
                 t,
@@ -422,10 +400,7 @@ pub fn write_overhead(cfg: &Config, runs: &[Run]) -> crate::Result<()> {
         "overhead_per_pair": overhead_pairs(runs).iter()
             .map(|(s, v)| json!({ "scenario": s, "cpu_per_req_delta": v })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        cfg.out.join("overhead.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join("overhead.json"), serde_json::to_string_pretty(&doc)?)?;
     Ok(())
 }
 
