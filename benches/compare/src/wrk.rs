@@ -52,7 +52,8 @@ impl WrkRun<'_> {
 
 /// Parses wrk's text report (the one printed with `--latency`).
 pub fn parse(text: &str) -> crate::Result<Sample> {
-    let mut s = Sample::default();
+    // wrk prints no 99.9th percentile.
+    let mut s = Sample { p999_us: f64::NAN, ..Sample::default() };
     let mut seen_requests = false;
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
