@@ -13,9 +13,19 @@ build:
 run: build
 	./target/release/vigil --listen $(LISTEN) --admin $(ADMIN)
 
+# The two benchmark crates (bench.mk) are workspaces of their own, which
+# `--all` does not reach: each is checked by its manifest, into the target dir
+# `make bench-build` uses, so their dependencies are built once.
+BENCH_CRATES = $(BENCH_DIR)/compare $(BENCH_DIR)/peers/may-hello
+
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	for c in $(BENCH_CRATES); do \
+	  $(CARGO) fmt --manifest-path $$c/Cargo.toml --check && \
+	  $(CARGO) clippy --locked --all-targets --manifest-path $$c/Cargo.toml \
+	    --target-dir $(BENCH_TARGET) -- -D warnings || exit 1; \
+	done
 
 # What CI runs (.ci/run): formatting, clippy with -D warnings, every test,
 # and a build of the benchmarks (they are run by `make bench`, not here).
@@ -29,5 +39,6 @@ haproxy-test:
 
 fmt:
 	$(CARGO) fmt --all
+	for c in $(BENCH_CRATES); do $(CARGO) fmt --manifest-path $$c/Cargo.toml || exit 1; done
 
 -include bench.mk

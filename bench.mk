@@ -1,4 +1,4 @@
-# Load benchmarks: `make bench`, `make bench-quick`, `make chaos`.
+# Load benchmarks: `make bench`, `make bench-quick`, `make chaos`, `make bench-slow`.
 # Included by the main Makefile; every path is relative to the repo root.
 # See BENCHMARKS.md for what each figure means.
 
@@ -16,7 +16,7 @@ BENCH_ARGS     ?=
 
 export VIGIL_BIN
 
-.PHONY: bench bench-quick chaos bench-tools bench-build bench-vigil
+.PHONY: bench bench-quick chaos bench-slow bench-tools bench-build bench-vigil
 
 # wrk is the load generator; nginx is an optional peer (the driver skips it
 # when absent). Installed only when missing, so a warm machine runs offline.
@@ -57,6 +57,13 @@ bench-quick: $(BENCH_DEPS)
 
 chaos: $(BENCH_DEPS)
 	$(COMPARE) chaos --out $(BENCH_OUT) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+
+# Fast-request latency while 1 request in 10,000 burns 20 ms of CPU inline:
+# vigil (with handoff when it has --handoff-after; BENCH_ARGS="--handoff-after
+# 5ms" to set it), with --handoff-after 0, without slow requests, the Node
+# cluster and may_minihttp. Results in target/bench/slow.{json,csv,svg}.
+bench-slow: $(BENCH_DEPS)
+	$(COMPARE) slow --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
 
 # RSS per idle keep-alive connection (10,000 of them) after a wrk run,
 # vigil against may_minihttp; results in target/bench/memory.json.

@@ -7,6 +7,9 @@
 //   CHAOS_N > 0: the chapter's last example. One request in CHAOS_N spins for
 //     ever; each worker reports to the master every 1 s through process.send;
 //     every 1 s the master kills and reforks any worker silent for 5 s.
+// Either way, GET /work-inline?ms=N keeps the worker's event loop busy for
+// N ms before answering, as vigil's demo route of that name does (the slow mix
+// of `compare slow`); every other request gets Hello World.
 'use strict';
 const cluster = require('cluster');
 const http = require('http');
@@ -85,9 +88,27 @@ if (cluster.isPrimary) {
       console.log('Stopped ' + process.pid + ' from ever finishing');
       for (;;) { /* spin */ }
     }
+    if (req.url !== '/' && req.url.startsWith('/work-inline')) {
+      const m = /[?&]ms=(\d+)/.exec(req.url);
+      burnCpu(m ? Number(m[1]) : 100);
+      res.writeHead(200, { 'Content-Type': 'text/plain' });
+      res.end('worked inline\n');
+      return;
+    }
     res.writeHead(200, { 'Content-Type': 'text/plain' });
     res.end('Hello World\n');
   }).listen(port, '127.0.0.1');
+
+  // Synchronous work on the event loop for `ms` of wall-clock time, like
+  // vigil's burn_cpu (a loop checking the clock).
+  function burnCpu(ms) {
+    const end = process.hrtime.bigint() + BigInt(ms) * 1000000n;
+    let x = 1;
+    while (process.hrtime.bigint() < end) {
+      for (let i = 0; i < 1000; i++) x = (x * 1103515245 + 12345) % 2147483648;
+    }
+    return x;
+  }
 
   if (chaosN > 0) {
     setInterval(function report() {

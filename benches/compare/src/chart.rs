@@ -1,7 +1,7 @@
 //! SVG charts of the results.
 
-use crate::report::Summary;
-use crate::{ChaosRun, BUCKET_MS};
+use crate::report::{SlowSummary, Spread, Summary};
+use crate::{ChaosRun, Config, BUCKET_MS};
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -40,19 +40,10 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
     let panels = root.split_evenly((2, 1));
     type Pick = fn(&Summary) -> (f64, f64, f64);
     let metrics: [(&str, Pick); 2] = [
-        ("requests/s (median, min-max)", |s| {
-            (s.rps.med, s.rps.min, s.rps.max)
+        ("requests/s (median, min-max)", |s| (s.rps.med, s.rps.min, s.rps.max)),
+        ("CPU microseconds per request, whole server (median, min-max)", |s| {
+            (s.cpu_us_per_req.med, s.cpu_us_per_req.min, s.cpu_us_per_req.max)
         }),
-        (
-            "CPU microseconds per request, whole server (median, min-max)",
-            |s| {
-                (
-                    s.cpu_us_per_req.med,
-                    s.cpu_us_per_req.min,
-                    s.cpu_us_per_req.max,
-                )
-            },
-        ),
     ];
     let g = groups.len();
     let width = 0.8 / servers.len() as f64;
@@ -62,12 +53,7 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
             [med, lo, hi]
         });
         let positive: Vec<f64> = values.filter(|v| *v > 0.0 && v.is_finite()).collect();
-        let ymin = positive
-            .iter()
-            .copied()
-            .fold(f64::INFINITY, f64::min)
-            .min(1e9)
-            / 2.0;
+        let ymin = positive.iter().copied().fold(f64::INFINITY, f64::min).min(1e9) / 2.0;
         // Headroom above the tallest bar for the legend.
         let ymax = positive.iter().copied().fold(ymin * 4.0, f64::max) * 4.0;
         let mut chart = ChartBuilder::on(panel)
@@ -133,24 +119,21 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
 /// Completed responses per second in each bucket, one curve per case of the
 /// load-generator runs, with a vertical mark where a loop or worker was
 /// replaced.
-pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
+pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64, chaos_n: u64) -> crate::Result<()> {
     let series: Vec<&ChaosRun> = runs.iter().filter(|r| !r.ok.is_empty()).collect();
     if series.is_empty() {
         return Ok(());
     }
     let per_s = 1000.0 / BUCKET_MS as f64;
     let bucket_s = BUCKET_MS as f64 / 1000.0;
-    let ymax = series
-        .iter()
-        .flat_map(|r| r.ok.iter())
-        .map(|&v| v as f64 * per_s)
-        .fold(0.0, f64::max)
-        * 1.15;
+    let ymax =
+        series.iter().flat_map(|r| r.ok.iter()).map(|&v| v as f64 * per_s).fold(0.0, f64::max)
+            * 1.15;
     let root = SVGBackend::new(path, (1100, 550)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("responses/s per {BUCKET_MS} ms, 64 keep-alive connections; vertical marks: a loop (vigil) or worker (node) replaced"),
+            format!("responses/s per {BUCKET_MS} ms, 64 keep-alive connections, 1 request in {chaos_n} stalls; vertical marks: a loop (vigil) or worker (node) replaced"),
             ("sans-serif", 16),
         )
         .margin(10)
@@ -171,11 +154,7 @@ pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
             RGBColor(44, 160, 44)
         };
         // The no-chaos twin is drawn faint: it is the reference line.
-        let style = if r.chaos {
-            base.stroke_width(2)
-        } else {
-            base.mix(0.35).stroke_width(1)
-        };
+        let style = if r.chaos { base.stroke_width(2) } else { base.mix(0.35).stroke_width(1) };
         // The last bucket is partial (the run ends inside it): left out.
         let n = r.ok.len().saturating_sub(1);
         chart
@@ -198,6 +177,106 @@ pub fn chaos(path: &Path, runs: &[ChaosRun], secs: f64) -> crate::Result<()> {
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Fast-request latency under the slow mix: per server, bars for p50, p99
+/// and p99.9 (median over repetitions, whisker min-max), darker for the
+/// higher percentile, on a log axis (p50 is tens of microseconds, a request
+/// stuck behind a slow one tens of milliseconds). The dashed line is twice
+/// the p99 of vigil without slow requests: the target for fast p99.
+pub fn slow(path: &Path, cfg: &Config, rows: &[SlowSummary]) -> crate::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    type Pick = fn(&SlowSummary) -> Spread;
+    let pcts: [(&str, Pick, f64); 3] =
+        [("p50", |s| s.p50, 0.35), ("p99", |s| s.p99, 0.65), ("p99.9", |s| s.p999, 1.0)];
+    let target = rows.iter().find(|r| r.label == crate::slow::BASELINE).map(|r| 2.0 * r.p99.med);
+    let values: Vec<f64> = rows
+        .iter()
+        .flat_map(|r| pcts.iter().flat_map(move |(_, pick, _)| [pick(r).min, pick(r).max]))
+        .chain(target)
+        .filter(|v| *v > 0.0 && v.is_finite())
+        .collect();
+    let ymin = values.iter().copied().fold(f64::INFINITY, f64::min).min(1e9) / 2.0;
+    // Headroom above the tallest bar for the legend.
+    let ymax = values.iter().copied().fold(ymin * 4.0, f64::max) * 6.0;
+    let root = SVGBackend::new(path, (1100, 550)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = rows.len();
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "latency of GET / while 1 request in {} burns {} ms inline (64 connections, \
+                 2 loops/workers; median, min-max over repetitions)",
+                cfg.slow_every, cfg.slow_ms
+            ),
+            ("sans-serif", 16),
+        )
+        .margin(10)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(-0.5..(n as f64 - 0.5), (ymin..ymax).log_scale())?;
+    let labels: Vec<&str> = rows.iter().map(|r| r.label).collect();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .light_line_style(WHITE)
+        .x_labels(n + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].to_owned()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc("microseconds")
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .draw()?;
+    let width = 0.8 / pcts.len() as f64;
+    for (pi, &(name, pick, alpha)) in pcts.iter().enumerate() {
+        let bars: Vec<(f64, Spread, RGBColor)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as f64 - 0.4 + width * pi as f64, pick(r), color(r.label)))
+            .collect();
+        chart
+            .draw_series(bars.iter().map(|&(x, s, c)| {
+                Rectangle::new(
+                    [(x, ymin), (x + width * 0.9, s.med.max(ymin))],
+                    c.mix(alpha).filled(),
+                )
+            }))?
+            .label(name)
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], BLACK.mix(alpha * 0.8).filled())
+            });
+        chart.draw_series(bars.iter().map(|&(x, s, _)| {
+            let mid = x + width * 0.45;
+            PathElement::new(vec![(mid, s.min.max(ymin)), (mid, s.max.max(ymin))], BLACK)
+        }))?;
+    }
+    if let Some(t) = target.filter(|t| *t > 0.0) {
+        let red = RGBColor(214, 39, 40);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(-0.5, t), (n as f64 - 0.5, t)],
+                6,
+                4,
+                red.stroke_width(1),
+            ))?
+            .label("2 x p99 of vigil without slow requests")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;

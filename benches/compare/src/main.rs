@@ -5,6 +5,9 @@
 //! compare chaos    [--quick] [options]   stalls injected: vigil vs node cluster,
 //!                                        then the supervision overhead pairs
 //! compare overhead [--quick] [options]   only the supervision overhead pairs
+//! compare slow     [--quick] [options]   1 request in 10,000 burns 20 ms inline:
+//!                                        fast-request latency, vigil with and
+//!                                        without handoff, node cluster, may
 //! ```
 //! See BENCHMARKS.md for what is measured and why.
 
@@ -13,6 +16,7 @@ mod loadgen;
 mod procfs;
 mod report;
 mod server;
+mod slow;
 mod wrk;
 
 use server::{Running, Spec};
@@ -42,6 +46,8 @@ pub struct Sample {
     pub p75_us: f64,
     pub p90_us: f64,
     pub p99_us: f64,
+    /// The generator's exact 99.9th percentile; NaN from wrk, which has none.
+    pub p999_us: f64,
     pub max_us: f64,
     pub err_connect: u64,
     pub err_read: u64,
@@ -105,6 +111,13 @@ pub struct Config {
     pub reps: usize,
     pub chaos_secs: f64,
     pub chaos_n: u64,
+    /// `compare slow`: seconds per run, one slow request in `slow_every`
+    /// per connection, `slow_ms` of work each, and vigil's --handoff-after
+    /// when one was given (otherwise the server's default).
+    pub slow_secs: f64,
+    pub slow_every: u64,
+    pub slow_ms: u64,
+    pub handoff_after: Option<String>,
     /// Only these servers (row names), when given.
     pub only: Option<Vec<String>>,
 }
@@ -114,12 +127,14 @@ pub enum Mode {
     Bench,
     Chaos,
     Overhead,
+    Slow,
 }
 
-const USAGE: &str = "usage: compare bench|chaos|overhead [--quick] [--out DIR]
+const USAGE: &str = "usage: compare bench|chaos|overhead|slow [--quick] [--out DIR]
   [--vigil-bin PATH (default $VIGIL_BIN or target/release/vigil)]
   [--may-bin PATH] [--peers DIR (default benches/peers)]
   [--secs S] [--warmup S] [--reps N] [--chaos-secs S] [--chaos-n N]
+  [--slow-secs S] [--slow-every N] [--slow-ms MS] [--handoff-after D]
   [--only vigil,may_minihttp,node,node-cluster,nginx]";
 
 fn main() -> ExitCode {
@@ -138,6 +153,7 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         Some("bench") => Mode::Bench,
         Some("chaos") => Mode::Chaos,
         Some("overhead") => Mode::Overhead,
+        Some("slow") => Mode::Slow,
         _ => return Err(USAGE.into()),
     };
     let mut raw: Vec<(String, Option<String>)> = Vec::new();
@@ -146,20 +162,13 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
             "--quick" => raw.push((a, None)),
             "-h" | "--help" => return Err(USAGE.into()),
             _ if a.starts_with("--") => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
+                let v = it.next().ok_or_else(|| format!("{a} needs a value\n{USAGE}"))?;
                 raw.push((a, Some(v)));
             }
             _ => return Err(format!("unexpected {a:?}\n{USAGE}").into()),
         }
     }
-    let get = |k: &str| {
-        raw.iter()
-            .rev()
-            .find(|(n, _)| n == k)
-            .and_then(|(_, v)| v.clone())
-    };
+    let get = |k: &str| raw.iter().rev().find(|(n, _)| n == k).and_then(|(_, v)| v.clone());
     let quick = raw.iter().any(|(n, _)| n == "--quick");
     let num = |k: &str, d: f64| -> Result<f64> {
         get(k).map_or(Ok(d), |v| v.parse().map_err(|e| format!("{k}: {e}").into()))
@@ -178,26 +187,38 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         may: get("--may-bin").map(PathBuf::from).and_then(existing),
         node: server::which("node"),
         nginx: server::which("nginx"),
-        peers_dir: get("--peers")
-            .unwrap_or_else(|| "benches/peers".into())
-            .into(),
+        peers_dir: get("--peers").unwrap_or_else(|| "benches/peers".into()).into(),
         secs: num("--secs", if quick { 1.0 } else { 3.0 })?,
         warmup: num("--warmup", if quick { 0.2 } else { 0.5 })?,
         reps: num("--reps", if quick { 1.0 } else { 3.0 })? as usize,
         // Quick chaos runs still outlast node's 5 s watchdog once.
         chaos_secs: num("--chaos-secs", if quick { 8.0 } else { 20.0 })?,
-        chaos_n: num("--chaos-n", 100_000.0)? as u64,
+        chaos_n: num("--chaos-n", DEFAULT_CHAOS_N as f64)? as u64,
+        slow_secs: num("--slow-secs", if quick { 2.0 } else { 8.0 })?,
+        slow_every: num("--slow-every", 10_000.0)? as u64,
+        slow_ms: num("--slow-ms", 20.0)? as u64,
+        handoff_after: get("--handoff-after"),
         only: get("--only").map(|s| s.split(',').map(str::to_owned).collect()),
     };
-    if cfg.reps == 0 || cfg.secs <= 0.0 || cfg.chaos_secs <= 0.0 || cfg.chaos_n == 0 {
-        return Err("--reps, --secs, --chaos-secs and --chaos-n must be positive".into());
+    if cfg.reps == 0
+        || cfg.secs <= 0.0
+        || cfg.chaos_secs <= 0.0
+        || cfg.chaos_n == 0
+        || cfg.slow_secs <= 0.0
+        || cfg.slow_every == 0
+    {
+        return Err(
+            "--reps, --secs, --chaos-secs, --chaos-n, --slow-secs and --slow-every must be positive"
+                .into(),
+        );
     }
     Ok(cfg)
 }
 
 fn run(cfg: &Config) -> Result<()> {
     std::fs::create_dir_all(cfg.out.join("logs"))?;
-    if server::which("wrk").is_none() {
+    // The slow mix needs the driver's own generator only.
+    if cfg.mode != Mode::Slow && server::which("wrk").is_none() {
         return Err("wrk is not installed (make bench installs it)".into());
     }
     for (what, found) in [
@@ -206,7 +227,7 @@ fn run(cfg: &Config) -> Result<()> {
         ("node", &cfg.node),
         ("nginx", &cfg.nginx),
     ] {
-        if found.is_none() {
+        if found.is_none() && !(cfg.mode == Mode::Slow && what == "nginx") {
             eprintln!("note: {what} not found, skipped");
         }
     }
@@ -221,6 +242,7 @@ fn run(cfg: &Config) -> Result<()> {
             overhead(cfg)
         }
         Mode::Overhead => overhead(cfg),
+        Mode::Slow => slow::run(cfg),
     }
 }
 
@@ -235,10 +257,7 @@ fn pins(setup: Setup) -> (Option<&'static str>, Option<&'static str>) {
 /// Whether server `name` is installed, selected, and part of `setup`
 /// (node runs alone when pinned and as a cluster on the whole machine).
 fn available(cfg: &Config, name: &str, setup: Setup) -> bool {
-    let selected = cfg
-        .only
-        .as_ref()
-        .is_none_or(|o| o.iter().any(|n| n == name));
+    let selected = cfg.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let installed = match (name, setup) {
         ("vigil", _) => cfg.vigil.is_some(),
         ("may_minihttp", _) => cfg.may.is_some(),
@@ -297,12 +316,8 @@ fn spec_for(
                 return Ok(None);
             };
             mark = Some(NODE_REPLACED);
-            let mut v = vec![
-                path(node),
-                path(&peers.join("node-cluster.js")),
-                port,
-                workers.into(),
-            ];
+            let mut v =
+                vec![path(node), path(&peers.join("node-cluster.js")), port, workers.into()];
             v.extend_from_slice(extra);
             v
         }
@@ -333,19 +348,12 @@ fn spec_for(
         _ => return Ok(None),
     };
     let argv = match pins(setup).0 {
-        Some(cpus) => ["taskset".to_owned(), "-c".into(), cpus.into()]
-            .into_iter()
-            .chain(argv)
-            .collect(),
+        Some(cpus) => {
+            ["taskset".to_owned(), "-c".into(), cpus.into()].into_iter().chain(argv).collect()
+        }
         None => argv,
     };
-    Ok(Some(Spec {
-        name: name.to_owned(),
-        addr,
-        argv,
-        env,
-        mark,
-    }))
+    Ok(Some(Spec { name: name.to_owned(), addr, argv, env, mark }))
 }
 
 fn path(p: &Path) -> String {
@@ -424,6 +432,7 @@ fn warm_up(cfg: &Config, setup: Setup, addr: SocketAddr) {
             timeout: Duration::from_secs(2),
             bucket: Duration::from_millis(BUCKET_MS),
             cpus: pins(setup).1.map(|_| vec![1]),
+            slow: None,
         });
     }
 }
@@ -438,11 +447,7 @@ fn load(
     secs: f64,
 ) -> Result<(&'static str, Sample)> {
     let threads = if setup == Setup::Pinned { 1 } else { 2 };
-    let script = cfg
-        .peers_dir
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("pipeline.lua");
+    let script = cfg.peers_dir.parent().unwrap_or(Path::new(".")).join("pipeline.lua");
     let wrk = |script: Option<&Path>| {
         wrk::WrkRun {
             url: format!("http://{addr}/"),
@@ -465,6 +470,7 @@ fn load(
             s.p75_us = f64::NAN;
             s.p90_us = f64::NAN;
             s.p99_us = f64::NAN;
+            s.p999_us = f64::NAN;
             ("wrk", s)
         }
         Scenario::Close => {
@@ -476,6 +482,7 @@ fn load(
                 timeout: Duration::from_secs(2),
                 bucket: Duration::from_millis(250),
                 cpus: pins(setup).1.map(|_| vec![1]),
+                slow: None,
             });
             ("loadgen", out.sample)
         }
@@ -613,24 +620,14 @@ fn chaos(cfg: &Config) -> Result<()> {
             .to_vec(),
             chaos: true,
         },
-        ChaosCase {
-            label: "vigil",
-            server: "vigil",
-            extra: vec![],
-            chaos: false,
-        },
+        ChaosCase { label: "vigil", server: "vigil", extra: vec![], chaos: false },
         ChaosCase {
             label: "node-cluster chaos",
             server: "node-cluster",
             extra: vec![n.clone()],
             chaos: true,
         },
-        ChaosCase {
-            label: "node-cluster",
-            server: "node-cluster",
-            extra: vec![],
-            chaos: false,
-        },
+        ChaosCase { label: "node-cluster", server: "node-cluster", extra: vec![], chaos: false },
     ];
     let secs = cfg.chaos_secs;
     let mut results = Vec::new();
@@ -662,15 +659,26 @@ fn chaos(cfg: &Config) -> Result<()> {
             }
         }
     }
-    println!("{}", report::chaos_table(&results));
-    report::write_chaos(cfg, &results)?;
-    chart::chaos(&cfg.out.join("chaos.svg"), &results, secs)?;
-    eprintln!(
-        "wrote {0}/chaos.json, {0}/chaos.csv, {0}/chaos.svg",
-        cfg.out.display()
-    );
+    println!("\n1 request in {} stalls for ever{}", cfg.chaos_n, report::chaos_table(&results));
+    let stem = chaos_stem(cfg);
+    report::write_chaos(cfg, &stem, &results)?;
+    chart::chaos(&cfg.out.join(format!("{stem}.svg")), &results, secs, cfg.chaos_n)?;
+    eprintln!("wrote {0}/{stem}.json, {0}/{stem}.csv, {0}/{stem}.svg", cfg.out.display());
     Ok(())
 }
+
+/// Name of the chaos outputs: `chaos` at the default 1 in 100,000, and
+/// `chaos-n20000` (say) otherwise, so that runs at two rates can share one
+/// output directory.
+fn chaos_stem(cfg: &Config) -> String {
+    if cfg.chaos_n == DEFAULT_CHAOS_N {
+        "chaos".into()
+    } else {
+        format!("chaos-n{}", cfg.chaos_n)
+    }
+}
+
+pub const DEFAULT_CHAOS_N: u64 = 100_000;
 
 fn chaos_one(
     cfg: &Config,
@@ -680,10 +688,11 @@ fn chaos_one(
     tool: &'static str,
     secs: f64,
 ) -> Result<ChaosRun> {
-    let log = cfg
-        .out
-        .join("logs")
-        .join(format!("chaos-{}-{tool}.log", case.label.replace(' ', "-")));
+    let log = cfg.out.join("logs").join(format!(
+        "{}-{}-{tool}.log",
+        chaos_stem(cfg),
+        case.label.replace(' ', "-")
+    ));
     let mut server = Running::start(spec, &log)?;
     // The same warm-up as in `bench`, so the curves start with node's JIT
     // done; with chaos on, it may already stall a loop or a worker.
@@ -710,17 +719,15 @@ fn chaos_one(
             timeout: Duration::from_secs(2),
             bucket: Duration::from_millis(BUCKET_MS),
             cpus: None,
+            slow: None,
         });
         (out.sample, out.ok, out.failed)
     };
     let wall = t0.elapsed().as_secs_f64();
     let cpu_us = procfs::tree_cpu_us(server.pid).saturating_sub(cpu0);
     let rss_kib = procfs::tree_rss_kib(server.pid);
-    let marks: Vec<_> = server
-        .marks_since(t0)
-        .into_iter()
-        .filter(|(t, _)| *t >= 0.0 && *t <= wall)
-        .collect();
+    let marks: Vec<_> =
+        server.marks_since(t0).into_iter().filter(|(t, _)| *t >= 0.0 && *t <= wall).collect();
     let alive = server.alive();
     server.stop();
     Ok(ChaosRun {
@@ -749,13 +756,8 @@ fn overhead(cfg: &Config) -> Result<()> {
         eprintln!("overhead: vigil not found, skipped");
         return Ok(());
     }
-    let variants: [(&str, Vec<String>); 2] = [
-        ("supervised", vec![]),
-        (
-            "stall-timeout 0",
-            vec!["--stall-timeout".into(), "0".into()],
-        ),
-    ];
+    let variants: [(&str, Vec<String>); 2] =
+        [("supervised", vec![]), ("stall-timeout 0", vec!["--stall-timeout".into(), "0".into()])];
     let mut runs = Vec::new();
     for rep in 0..cfg.reps {
         for scenario in [Scenario::KeepAlive, Scenario::Pipelined] {

@@ -11,11 +11,7 @@ pub fn tree(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(dir) = fs::read_dir("/proc") {
         for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             if let Some(st) = stat_fields(pid) {
@@ -53,11 +49,7 @@ pub fn tree_cpu_us(root: u32) -> u64 {
     let ticks: u64 = tree(root)
         .into_iter()
         .filter_map(stat_fields)
-        .map(|f| {
-            (11..=14)
-                .filter_map(|i| f.get(i)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
+        .map(|f| (11..=14).filter_map(|i| f.get(i)?.parse::<u64>().ok()).sum::<u64>())
         .sum();
     ticks * 1_000_000 / clk_tck()
 }

@@ -1,5 +1,6 @@
 //! Ratios, medians, the terminal tables and the JSON/CSV files.
 
+use crate::slow::{SlowRun, BASELINE as SLOW_BASELINE};
 use crate::{ChaosRun, Config, Run, BUCKET_MS};
 use serde_json::{json, Value};
 use std::fmt::Write as _;
@@ -17,9 +18,8 @@ pub fn ratios_vs_may(runs: &mut [Run]) {
         .map(|r| (r.rep, r.setup, r.scenario, r.sample.rps, r.cpu_us_per_req))
         .collect();
     for r in runs.iter_mut() {
-        if let Some(&(_, _, _, rps, cpu)) = base
-            .iter()
-            .find(|b| (b.0, b.1, b.2) == (r.rep, r.setup, r.scenario))
+        if let Some(&(_, _, _, rps, cpu)) =
+            base.iter().find(|b| (b.0, b.1, b.2) == (r.rep, r.setup, r.scenario))
         {
             r.rps_vs_may = (rps > 0.0).then(|| r.sample.rps / rps);
             r.cpu_vs_may = (cpu > 0.0).then(|| r.cpu_us_per_req / cpu);
@@ -42,16 +42,8 @@ impl Spread {
         }
         v.sort_by(f64::total_cmp);
         let n = v.len();
-        let med = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        Some(Spread {
-            med,
-            min: v[0],
-            max: v[n - 1],
-        })
+        let med = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+        Some(Spread { med, min: v[0], max: v[n - 1] })
     }
 
     fn json(self) -> Value {
@@ -117,12 +109,10 @@ pub fn summarize(runs: &[Run]) -> Vec<Summary> {
 }
 
 fn ratio(s: Option<Spread>) -> String {
-    s.map_or("-".into(), |s| {
-        format!("{:.2} ({:.2}-{:.2})", s.med, s.min, s.max)
-    })
+    s.map_or("-".into(), |s| format!("{:.2} ({:.2}-{:.2})", s.med, s.min, s.max))
 }
 
-fn lat(us: f64) -> String {
+pub fn lat(us: f64) -> String {
     if us.is_nan() {
         "-".into()
     } else if us >= 10_000.0 {
@@ -180,7 +170,8 @@ fn sample_json(s: &crate::Sample) -> Value {
     json!({
         "requests": s.requests, "secs": s.secs, "rps": s.rps,
         "latency_us": { "avg": s.avg_us, "p50": s.p50_us, "p75": s.p75_us,
-                         "p90": s.p90_us, "p99": s.p99_us, "max": s.max_us },
+                         "p90": s.p90_us, "p99": s.p99_us, "p999": s.p999_us,
+                         "max": s.max_us },
         "errors": { "connect": s.err_connect, "read": s.err_read, "write": s.err_write,
                     "timeout": s.err_timeout, "non2xx": s.non2xx },
     })
@@ -199,6 +190,8 @@ fn config_json(cfg: &Config) -> Value {
     json!({
         "quick": cfg.quick, "secs": cfg.secs, "warmup": cfg.warmup, "reps": cfg.reps,
         "chaos_secs": cfg.chaos_secs, "chaos_n": cfg.chaos_n,
+        "slow_secs": cfg.slow_secs, "slow_every": cfg.slow_every, "slow_ms": cfg.slow_ms,
+        "handoff_after": cfg.handoff_after,
         "vigil": cfg.vigil.as_ref().map(|p| p.display().to_string()),
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "unix_time": std::time::SystemTime::now()
@@ -225,10 +218,7 @@ pub fn write_bench(cfg: &Config, runs: &[Run], summary: &[Summary]) -> crate::Re
         "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         "summary": rows,
     });
-    std::fs::write(
-        cfg.out.join("bench.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join("bench.json"), serde_json::to_string_pretty(&doc)?)?;
     let mut csv = String::from(
         "rep,setup,scenario,server,tool,requests,secs,rps,cpu_us,cpu_us_per_req,rps_vs_may,cpu_vs_may,rss_kib,processes,p50_us,p75_us,p90_us,p99_us,max_us,err_connect,err_read,err_write,err_timeout,non2xx\n",
     );
@@ -323,7 +313,7 @@ pub fn chaos_table(runs: &[ChaosRun]) -> String {
     t
 }
 
-pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
+pub fn write_chaos(cfg: &Config, stem: &str, runs: &[ChaosRun]) -> crate::Result<()> {
     let doc = json!({
         "config": config_json(cfg),
         "bucket_ms": BUCKET_MS,
@@ -335,10 +325,7 @@ pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
             "ok_per_bucket": r.ok, "failed_per_bucket": r.failed,
         })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        cfg.out.join("chaos.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join(format!("{stem}.json")), serde_json::to_string_pretty(&doc)?)?;
     // The time series, one row per bucket and case, for plotting elsewhere.
     let mut csv = String::from("label,bucket_start_s,ok,failed,ok_per_s\n");
     let per_s = 1000.0 / BUCKET_MS as f64;
@@ -355,7 +342,7 @@ pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
             );
         }
     }
-    std::fs::write(cfg.out.join("chaos.csv"), csv)?;
+    std::fs::write(cfg.out.join(format!("{stem}.csv")), csv)?;
     Ok(())
 }
 
@@ -363,9 +350,8 @@ pub fn write_chaos(cfg: &Config, runs: &[ChaosRun]) -> crate::Result<()> {
 fn overhead_pairs(runs: &[Run]) -> Vec<(&'static str, f64)> {
     let mut pairs = Vec::new();
     for a in runs.iter().filter(|r| r.server == "vigil supervised") {
-        if let Some(b) = runs
-            .iter()
-            .find(|b| b.server != a.server && b.rep == a.rep && b.scenario == a.scenario)
+        if let Some(b) =
+            runs.iter().find(|b| b.server != a.server && b.rep == a.rep && b.scenario == a.scenario)
         {
             if b.cpu_us_per_req > 0.0 {
                 pairs.push((a.scenario, a.cpu_us_per_req / b.cpu_us_per_req - 1.0));
@@ -397,11 +383,7 @@ pub fn overhead_table(runs: &[Run]) -> String {
     }
     let pairs = overhead_pairs(runs);
     for scenario in ["keep-alive", "pipelined16"] {
-        let v: Vec<f64> = pairs
-            .iter()
-            .filter(|p| p.0 == scenario)
-            .map(|p| p.1)
-            .collect();
+        let v: Vec<f64> = pairs.iter().filter(|p| p.0 == scenario).map(|p| p.1).collect();
         if let Some(s) = Spread::of(v) {
             let _ = writeln!(
                 t,
@@ -422,10 +404,184 @@ pub fn write_overhead(cfg: &Config, runs: &[Run]) -> crate::Result<()> {
         "overhead_per_pair": overhead_pairs(runs).iter()
             .map(|(s, v)| json!({ "scenario": s, "cpu_per_req_delta": v })).collect::<Vec<_>>(),
     });
-    std::fs::write(
-        cfg.out.join("overhead.json"),
-        serde_json::to_string_pretty(&doc)?,
-    )?;
+    std::fs::write(cfg.out.join("overhead.json"), serde_json::to_string_pretty(&doc)?)?;
+    Ok(())
+}
+
+/// One row of the slow-mix table: a server configuration over all
+/// repetitions. Latencies are the fast requests'.
+#[derive(Clone, Debug)]
+pub struct SlowSummary {
+    pub label: &'static str,
+    pub mix: bool,
+    pub reps: usize,
+    pub rps: Spread,
+    pub p50: Spread,
+    pub p99: Spread,
+    pub p999: Spread,
+    /// The largest fast-request latency over the repetitions.
+    pub max_us: f64,
+    /// Fast p99 against the no-slow vigil run of the same repetition.
+    pub p99_vs_base: Option<Spread>,
+    pub slow_requests: u64,
+    /// Median over repetitions of the slow requests' median latency.
+    pub slow_p50_us: f64,
+    pub cpu_us_per_req: Spread,
+    pub errors: u64,
+    pub alive: bool,
+}
+
+pub fn summarize_slow(runs: &[SlowRun]) -> Vec<SlowSummary> {
+    let mut labels: Vec<&'static str> = Vec::new();
+    for r in runs {
+        if !labels.contains(&r.label) {
+            labels.push(r.label);
+        }
+    }
+    let base = |rep: usize| runs.iter().find(|b| b.label == SLOW_BASELINE && b.rep == rep);
+    labels
+        .into_iter()
+        .filter_map(|label| {
+            let rs: Vec<&SlowRun> = runs.iter().filter(|r| r.label == label).collect();
+            let col = |f: &dyn Fn(&SlowRun) -> f64| Spread::of(rs.iter().map(|r| f(r)).collect());
+            let vs: Vec<f64> = rs
+                .iter()
+                .filter_map(|r| {
+                    let b = base(r.rep)?;
+                    (b.fast.p99_us > 0.0).then(|| r.fast.p99_us / b.fast.p99_us)
+                })
+                .collect();
+            let with_slow: Vec<f64> =
+                rs.iter().filter(|r| r.slow.requests > 0).map(|r| r.slow.p50_us).collect();
+            Some(SlowSummary {
+                label,
+                mix: rs.first()?.mix,
+                reps: rs.len(),
+                rps: col(&|r| r.rps)?,
+                p50: col(&|r| r.fast.p50_us)?,
+                p99: col(&|r| r.fast.p99_us)?,
+                p999: col(&|r| r.fast.p999_us)?,
+                max_us: col(&|r| r.fast.max_us)?.max,
+                p99_vs_base: Spread::of(vs),
+                slow_requests: rs.iter().map(|r| r.slow.requests).sum(),
+                slow_p50_us: Spread::of(with_slow).map_or(f64::NAN, |s| s.med),
+                cpu_us_per_req: col(&|r| r.cpu_us_per_req)?,
+                errors: rs.iter().map(|r| r.errors()).sum(),
+                alive: rs.iter().all(|r| r.alive),
+            })
+        })
+        .collect()
+}
+
+fn lat_spread(s: Spread) -> String {
+    format!("{} ({}-{})", lat(s.med), lat(s.min), lat(s.max))
+}
+
+pub fn slow_table(cfg: &Config, rows: &[SlowSummary]) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "\nslow mix: 1 request in {} per connection is GET /work-inline?ms={} ({} ms of CPU \
+         inline), the others GET /; 64 connections, 2 loops/workers, {:.0} s per run; \
+         median (min-max) over repetitions; latencies of the GET / requests only",
+        cfg.slow_every, cfg.slow_ms, cfg.slow_ms, cfg.slow_secs
+    );
+    let _ = writeln!(
+        t,
+        "{:<17} {:>22} {:>22} {:>22} {:>22} {:>18} {:>7} {:>6} {:>8} {:>10} {:>6} {:>5}",
+        "server",
+        "req/s med (min-max)",
+        "p50",
+        "p99",
+        "p99.9",
+        "p99 vs no-slow",
+        "max",
+        "slow n",
+        "slow p50",
+        "CPU us/req",
+        "errors",
+        "alive"
+    );
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "{:<17} {:>22} {:>22} {:>22} {:>22} {:>18} {:>7} {:>6} {:>8} {:>10.2} {:>6} {:>5}",
+            r.label,
+            format!("{:.0} ({:.0}-{:.0})", r.rps.med, r.rps.min, r.rps.max),
+            lat_spread(r.p50),
+            lat_spread(r.p99),
+            lat_spread(r.p999),
+            ratio(r.p99_vs_base),
+            lat(r.max_us),
+            if r.mix { r.slow_requests.to_string() } else { "-".into() },
+            if r.mix { lat(r.slow_p50_us) } else { "-".into() },
+            r.cpu_us_per_req.med,
+            r.errors,
+            if r.alive { "yes" } else { "NO" }
+        );
+    }
+    t
+}
+
+pub fn write_slow(
+    cfg: &Config,
+    runs: &[SlowRun],
+    summary: &[SlowSummary],
+    notes: &[String],
+) -> crate::Result<()> {
+    let doc = json!({
+        "config": config_json(cfg),
+        "notes": notes,
+        "baseline": SLOW_BASELINE,
+        "runs": runs.iter().map(|r| json!({
+            "rep": r.rep, "label": r.label, "slow_mix": r.mix, "rps": r.rps,
+            "fast": sample_json(&r.fast), "slow": sample_json(&r.slow),
+            "cpu_us": r.cpu_us, "cpu_us_per_req": r.cpu_us_per_req, "cores": r.cores,
+            "rss_kib": r.rss_kib, "alive_after": r.alive,
+        })).collect::<Vec<_>>(),
+        "summary": summary.iter().map(|s| json!({
+            "label": s.label, "slow_mix": s.mix, "reps": s.reps, "rps": s.rps.json(),
+            "fast_p50_us": s.p50.json(), "fast_p99_us": s.p99.json(),
+            "fast_p999_us": s.p999.json(), "fast_max_us": s.max_us,
+            "fast_p99_vs_baseline": s.p99_vs_base.map(Spread::json),
+            "slow_requests": s.slow_requests, "slow_p50_us_median": s.slow_p50_us,
+            "cpu_us_per_req": s.cpu_us_per_req.json(), "errors": s.errors,
+            "alive_after_all": s.alive,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(cfg.out.join("slow.json"), serde_json::to_string_pretty(&doc)?)?;
+    let mut csv = String::from(
+        "rep,label,slow_mix,rps,fast_requests,fast_p50_us,fast_p90_us,fast_p99_us,fast_p999_us,fast_max_us,fast_errors,slow_requests,slow_p50_us,slow_p99_us,slow_max_us,slow_errors,cpu_us,cpu_us_per_req,cores,rss_kib,alive\n",
+    );
+    for r in runs {
+        let (f, s) = (&r.fast, &r.slow);
+        let _ = writeln!(
+            csv,
+            "{},{},{},{:.1},{},{},{},{},{},{},{},{},{},{},{},{},{},{:.4},{:.3},{},{}",
+            r.rep,
+            r.label,
+            r.mix,
+            r.rps,
+            f.requests,
+            f.p50_us,
+            f.p90_us,
+            f.p99_us,
+            f.p999_us,
+            f.max_us,
+            f.errors(),
+            s.requests,
+            s.p50_us,
+            s.p99_us,
+            s.max_us,
+            s.errors(),
+            r.cpu_us,
+            r.cpu_us_per_req,
+            r.cores,
+            r.rss_kib,
+            r.alive
+        );
+    }
+    std::fs::write(cfg.out.join("slow.csv"), csv)?;
     Ok(())
 }
 

@@ -62,9 +62,7 @@ impl Running {
             // Its own process group, so stopping it reaches node's and
             // nginx's workers too.
             .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", spec.argv[0]))?;
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {}: {e}", spec.argv[0]))?;
         let file = Arc::new(Mutex::new(File::create(log)?));
         let marks = Arc::new(Mutex::new(Vec::new()));
         let mut readers = Vec::new();
@@ -76,13 +74,7 @@ impl Running {
             let (file, marks, pattern) = (file.clone(), marks.clone(), spec.mark);
             readers.push(thread::spawn(move || scan(pipe, &file, &marks, pattern)));
         }
-        let mut running = Running {
-            pid: child.id(),
-            addr: spec.addr,
-            child,
-            marks,
-            readers,
-        };
+        let mut running = Running { pid: child.id(), addr: spec.addr, child, marks, readers };
         running.wait_ready(Duration::from_secs(15)).map_err(|e| {
             let tail = tail(log);
             format!("{} did not become ready: {e}\n{tail}", spec.name)
@@ -188,16 +180,13 @@ fn scan(
         let text = String::from_utf8_lossy(&line);
         if let Some(p) = pattern {
             if text.contains(p) {
-                marks.lock().unwrap_or_else(|e| e.into_inner()).push(Mark {
-                    at,
-                    line: text.trim_end().to_owned(),
-                });
+                marks
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(Mark { at, line: text.trim_end().to_owned() });
             }
         }
-        let _ = file
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .write_all(&line);
+        let _ = file.lock().unwrap_or_else(|e| e.into_inner()).write_all(&line);
     }
 }
 

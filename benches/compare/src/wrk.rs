@@ -52,7 +52,8 @@ impl WrkRun<'_> {
 
 /// Parses wrk's text report (the one printed with `--latency`).
 pub fn parse(text: &str) -> crate::Result<Sample> {
-    let mut s = Sample::default();
+    // wrk prints no 99.9th percentile.
+    let mut s = Sample { p999_us: f64::NAN, ..Sample::default() };
     let mut seen_requests = false;
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -111,10 +112,7 @@ fn duration_us(v: &str) -> crate::Result<f64> {
     } else {
         (v, 1.0)
     };
-    Ok(num
-        .parse::<f64>()
-        .map_err(|e| format!("bad duration {v:?}: {e}"))?
-        * scale)
+    Ok(num.parse::<f64>().map_err(|e| format!("bad duration {v:?}: {e}"))? * scale)
 }
 
 #[cfg(test)]
@@ -147,10 +145,7 @@ Transfer/sec:      2.56MB
         assert!((s.p50_us - 930.0).abs() < 1e-6);
         assert!((s.p99_us - 12530.0).abs() < 1e-6);
         assert!((s.max_us - 17050.0).abs() < 1e-6);
-        assert_eq!(
-            (s.err_connect, s.err_read, s.err_write, s.err_timeout),
-            (0, 3, 1, 7)
-        );
+        assert_eq!((s.err_connect, s.err_read, s.err_write, s.err_timeout), (0, 3, 1, 7));
         assert_eq!(s.non2xx, 12);
     }
 

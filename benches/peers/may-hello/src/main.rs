@@ -2,19 +2,45 @@
 //! the command line: `may-hello 127.0.0.1:8080 2`.
 //!
 //! It answers every request with `Hello World\n` (text/plain), the same body
-//! as vigil's binary, node and nginx in the comparison.
+//! as vigil's binary, node and nginx in the comparison, except
+//! `/work-inline?ms=N`, which keeps the handler busy for N ms first, as vigil's
+//! demo route of that name does (`compare slow` sends one in 10,000).
 
 use may_minihttp::{HttpServiceFactory, Request, Response};
 use std::io;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 struct Hello;
 
 impl may_minihttp::HttpService for Hello {
-    fn call(&mut self, _req: Request, rsp: &mut Response) -> io::Result<()> {
+    fn call(&mut self, req: Request, rsp: &mut Response) -> io::Result<()> {
+        // may_minihttp's path is the whole request target, query included.
+        if let Some(query) = req.path().strip_prefix("/work-inline") {
+            let ms = query
+                .strip_prefix('?')
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(100);
+            burn_cpu(Duration::from_millis(ms));
+            rsp.header("Content-Type: text/plain").body("worked inline\n");
+            return Ok(());
+        }
         rsp.header("Content-Type: text/plain").body("Hello World\n");
         Ok(())
+    }
+}
+
+/// Keeps the worker thread busy for `duration`: the same loop as vigil's
+/// `burn_cpu` (src/demo.rs), so both peers do the same work for one request.
+fn burn_cpu(duration: Duration) {
+    let start = Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < duration {
+        for _ in 0..1000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
     }
 }
 
