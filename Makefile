@@ -31,3 +31,4 @@ fmt:
 	$(CARGO) fmt --all
 
 -include bench.mk
+-include fuzz.mk
