@@ -42,3 +42,4 @@ fmt:
 	for c in $(BENCH_CRATES); do $(CARGO) fmt --manifest-path $$c/Cargo.toml || exit 1; done
 
 -include bench.mk
+-include fuzz.mk
