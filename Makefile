@@ -13,9 +13,11 @@ build:
 run: build
 	./target/release/vigil --listen $(LISTEN) --admin $(ADMIN)
 
-# The two benchmark crates (bench.mk) are workspaces of their own, which
-# `--all` does not reach: each is checked by its manifest, into the target dir
-# `make bench-build` uses, so their dependencies are built once.
+# The two benchmark crates (bench.mk) and the fuzzer (fuzz.mk) are workspaces
+# of their own, which `--all` does not reach: each is checked by its manifest,
+# the benchmark crates into the target dir `make bench-build` uses, so their
+# dependencies are built once. The fuzz targets build on stable here; only
+# running them needs the sanitizer flags `make fuzz` adds.
 BENCH_CRATES = $(BENCH_DIR)/compare $(BENCH_DIR)/peers/may-hello
 
 lint:
@@ -26,12 +28,16 @@ lint:
 	  $(CARGO) clippy --locked --all-targets --manifest-path $$c/Cargo.toml \
 	    --target-dir $(BENCH_TARGET) -- -D warnings || exit 1; \
 	done
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
+	$(CARGO) clippy --locked --manifest-path fuzz/Cargo.toml --target-dir target/fuzz-lint -- -D warnings
 
-# What CI runs (.ci/run): formatting, clippy with -D warnings, every test,
-# and a build of the benchmarks (they are run by `make bench`, not here).
+# What CI runs (.ci/run): formatting and clippy with -D warnings over every
+# crate, every test of vigil and of the benchmark driver (the benchmarks
+# themselves are run by `make bench`, not here).
 test: lint
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
+	$(CARGO) test --locked --manifest-path $(BENCH_DIR)/compare/Cargo.toml --target-dir $(BENCH_TARGET)
 
 # Two instances behind HAProxy, one stopped under load: no failed request.
 haproxy-test:

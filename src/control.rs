@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use std::thread::Thread;
+
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
@@ -19,11 +21,23 @@ use crate::shared::{
 pub struct Control {
     shared: Arc<ServerShared>,
     commands: Sender<Command>,
+    /// The supervisor sleeps between checks: unparked for each command.
+    supervisor: Thread,
 }
 
 impl Control {
-    pub(crate) fn new(shared: Arc<ServerShared>, commands: Sender<Command>) -> Control {
-        Control { shared, commands }
+    pub(crate) fn new(
+        shared: Arc<ServerShared>,
+        commands: Sender<Command>,
+        supervisor: Thread,
+    ) -> Control {
+        Control { shared, commands, supervisor }
+    }
+
+    fn send(&self, command: Command) {
+        // Gone only once the server has ended: nothing left to ask.
+        let _ = self.commands.send(command);
+        self.supervisor.unpark();
     }
 
     /// The address the data plane listens on.
@@ -40,13 +54,13 @@ impl Control {
     /// `Connection: close`), closes idle connections, and ends the server
     /// within the shutdown timeout.
     pub fn shutdown(&self) {
-        let _ = self.commands.send(Command::Shutdown);
+        self.send(Command::Shutdown);
     }
 
     /// Ends the server at once: open connections are closed.
     pub fn stop(&self) {
         self.shared.stop_now.store(true, Relaxed);
-        let _ = self.commands.send(Command::Stop);
+        self.send(Command::Stop);
         for event_loop in self.shared.current_loops() {
             event_loop.wake();
         }
@@ -58,14 +72,14 @@ impl Control {
         if slot >= self.shared.config.loops {
             return Err(UnknownSlot(slot));
         }
-        let _ = self.commands.send(Command::Recycle(slot));
+        self.send(Command::Recycle(slot));
         Ok(())
     }
 
     /// Recycles every loop, one after another (a rolling restart).
     pub fn recycle_all(&self) {
         for slot in 0..self.shared.config.loops {
-            let _ = self.commands.send(Command::Recycle(slot));
+            self.send(Command::Recycle(slot));
         }
     }
 

@@ -112,7 +112,7 @@ impl<F: ServiceFactory> Server<F> {
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
         let handle = ServerHandle {
-            control: Control::new(shared.clone(), commands),
+            control: Control::new(shared.clone(), commands, supervisor.thread().clone()),
             supervisor: Some(supervisor),
         };
         if let Some(addr) = shared.config.admin {

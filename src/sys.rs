@@ -90,6 +90,45 @@ pub(crate) fn set_nice(tid: i32, nice: i32) -> io::Result<()> {
     syscall!(setpriority(libc::PRIO_PROCESS, who, nice)).map(drop)
 }
 
+/// `struct sched_attr` of `sched_setattr(2)`, as far as version 1 of it.
+#[repr(C)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+    util_min: u32,
+    util_max: u32,
+}
+
+/// Asks the scheduler for short time slices for the calling thread, at its
+/// present (normal) policy and nice value: on Linux 6.12 and later a thread
+/// with a shorter slice preempts one with a longer slice when it wakes up,
+/// instead of waiting for that one's slice (3 ms by default) to run out.
+/// Older kernels accept and ignore it. No privilege is needed: this asks
+/// for no more CPU time, only for it sooner.
+pub(crate) fn request_short_slices(slice: std::time::Duration) -> io::Result<()> {
+    let attr = SchedAttr {
+        size: std::mem::size_of::<SchedAttr>() as u32,
+        policy: libc::SCHED_OTHER as u32,
+        flags: 0,
+        nice: 0,
+        priority: 0,
+        runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),
+        deadline: 0,
+        period: 0,
+        util_min: 0,
+        util_max: 0,
+    };
+    let attr: *const SchedAttr = &attr;
+    // pid 0: the calling thread.
+    syscall!(syscall(libc::SYS_sched_setattr, 0, attr, 0)).map(drop)
+}
+
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
 pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -118,6 +118,8 @@ pub struct Config {
     pub slow_every: u64,
     pub slow_ms: u64,
     pub handoff_after: Option<String>,
+    /// More handoff thresholds to measure beside the default (`--handoff-grid 1ms,2ms`).
+    pub handoff_grid: Vec<String>,
     /// Only these servers (row names), when given.
     pub only: Option<Vec<String>>,
 }
@@ -134,7 +136,7 @@ const USAGE: &str = "usage: compare bench|chaos|overhead|slow [--quick] [--out D
   [--vigil-bin PATH (default $VIGIL_BIN or target/release/vigil)]
   [--may-bin PATH] [--peers DIR (default benches/peers)]
   [--secs S] [--warmup S] [--reps N] [--chaos-secs S] [--chaos-n N]
-  [--slow-secs S] [--slow-every N] [--slow-ms MS] [--handoff-after D]
+  [--slow-secs S] [--slow-every N] [--slow-ms MS] [--handoff-after D] [--handoff-grid D,D..]
   [--only vigil,may_minihttp,node,node-cluster,nginx]";
 
 fn main() -> ExitCode {
@@ -198,6 +200,9 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         slow_every: num("--slow-every", 10_000.0)? as u64,
         slow_ms: num("--slow-ms", 20.0)? as u64,
         handoff_after: get("--handoff-after"),
+        handoff_grid: get("--handoff-grid")
+            .map(|list| list.split(',').map(str::to_owned).collect())
+            .unwrap_or_default(),
         only: get("--only").map(|s| s.split(',').map(str::to_owned).collect()),
     };
     if cfg.reps == 0

@@ -81,6 +81,12 @@ fn cases(cfg: &Config, notes: &mut Vec<String>) -> Vec<Case> {
         mix: true,
     }];
     if handoff {
+        // Other thresholds side by side, to choose the default from.
+        for threshold in &cfg.handoff_grid {
+            let label: &'static str = Box::leak(format!("vigil handoff {threshold}").into());
+            let extra = vec!["--demo".into(), "--handoff-after".into(), threshold.clone()];
+            cases.push(Case { label, server: "vigil", extra, mix: true });
+        }
         let off = ["--demo", "--handoff-after", "0"].map(str::to_owned).to_vec();
         cases.push(Case { label: "vigil handoff-off", server: "vigil", extra: off, mix: true });
     } else if cfg.vigil.is_some() {
