@@ -5,6 +5,12 @@ use crate::{Request, Response};
 
 /// Answers requests. One instance lives in each loop; it is rebuilt from its
 /// factory when a call panics.
+///
+/// An instance lives only as long as its loop. A slot gets a new loop (and
+/// so a new instance) when its loop is handed off (busy on one request past
+/// the handoff threshold: the old instance finishes that request on the old
+/// thread, then is dropped), recycled or abandoned. Keep in an instance
+/// only what can be rebuilt: caches, buffers, per-loop statistics.
 pub trait Service {
     /// Fills in `res` for `req`. `res` starts as `200`, no headers, empty body.
     fn call(&mut self, req: &Request<'_>, res: &mut Response);

@@ -115,7 +115,9 @@ pub(crate) fn request_short_slices(slice: std::time::Duration) -> io::Result<()>
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         policy: libc::SCHED_OTHER as u32,
-        flags: 0,
+        // Threads this one spawns (replacement loops) get the usual slice:
+        // a custom slice is inherited otherwise.
+        flags: libc::SCHED_FLAG_RESET_ON_FORK as u64,
         nice: 0,
         priority: 0,
         runtime: u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX),

@@ -41,12 +41,16 @@ impl Drop for OpenOnDrop {
 }
 
 /// `/slow` waits for the gate (`/slow-panic` then panics); everything else
-/// answers its path and the loop's generation.
+/// answers its path. `X-Instance` tells which service instance (so which
+/// loop: the factory makes one per loop) answered: 0 is the first.
 fn gated_server(config: Config, gate: &Gate) -> ServerHandle {
     let gate = gate.clone();
+    let instances = Arc::new(AtomicU64::new(0));
     util::start(config, move |_slot| {
         let gate = gate.clone();
+        let instance = instances.fetch_add(1, Ordering::Relaxed).to_string();
         move |req: &Request<'_>, res: &mut Response| {
+            res.header("X-Instance", instance.clone());
             match req.path() {
                 "/slow" => gate.wait(),
                 "/slow-panic" => {
@@ -72,7 +76,11 @@ fn request(path: &str) -> Vec<u8> {
 }
 
 fn handed_off(server: &ServerHandle) -> bool {
-    util::eventually(Duration::from_secs(10), || server.snapshot().totals.handoffs == 1)
+    util::eventually(Duration::from_secs(10), || server.snapshot().totals.handoffs >= 1)
+}
+
+fn instance(reply: &util::Reply) -> &str {
+    reply.header("x-instance").expect("X-Instance")
 }
 
 #[test]
@@ -84,7 +92,7 @@ fn a_slow_request_does_not_stop_others_and_still_completes() {
     // Connected and idle before the slow request: it must move, not wait.
     let mut idle = Client::new(addr);
     idle.send(&request("/before"));
-    assert_eq!(idle.reply().text(), "/before");
+    assert_eq!(instance(&idle.reply()), "0");
 
     let mut slow = Client::new(addr);
     slow.send(&request("/slow"));
@@ -92,21 +100,34 @@ fn a_slow_request_does_not_stop_others_and_still_completes() {
     // The only loop's thread is still inside the handler (the gate is
     // shut), so each of these answers comes from the loop that took over.
     idle.send(&request("/idle-after"));
-    assert_eq!(idle.reply().text(), "/idle-after");
-    assert_eq!(util::get(addr, "/new").unwrap().text(), "/new");
+    let reply = idle.reply();
+    assert_eq!((reply.text().as_str(), instance(&reply)), ("/idle-after", "1"));
+    let reply = util::get(addr, "/new").unwrap();
+    assert_eq!((reply.text().as_str(), instance(&reply)), ("/new", "1"));
     let snapshot = server.snapshot();
     assert_eq!(snapshot.handed_off_alive, 1);
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().open_connections == 2),
+        "the moved one and the slow one (the third has closed)"
+    );
     assert_eq!(snapshot.handed_off[0].state, LoopState::HandedOff);
     assert_eq!(snapshot.loops[0].generation, 1);
 
     gate.open();
     let reply = slow.reply();
-    assert_eq!((reply.status, reply.text().as_str()), (200, "/slow"));
+    assert_eq!((reply.status, reply.text().as_str(), instance(&reply)), (200, "/slow", "0"));
     assert!(!reply.closes(), "the slow request's connection stays open");
-    slow.send(&request("/after"));
-    assert_eq!(slow.reply().text(), "/after", "and serves on, from the new loop");
     assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+    slow.send(&request("/after"));
+    let reply = slow.reply();
+    assert_eq!(
+        (reply.text().as_str(), instance(&reply)),
+        ("/after", "1"),
+        "passed to the new loop"
+    );
     let snapshot = server.snapshot();
+    assert_eq!(snapshot.open_connections, 2, "nothing lost or counted twice");
+    assert_eq!(snapshot.loops[0].open_connections, 2, "both on the current loop");
     assert_eq!(snapshot.totals.requests_after_handoff, 1, "the slow one, on the old thread");
     assert_eq!(snapshot.handoff_durations.count, 1);
     assert_eq!(snapshot.totals.replaced_stalled, 0);
@@ -129,8 +150,10 @@ fn pipelined_requests_behind_a_slow_one_keep_their_order() {
     for path in ["/slow", "/second", "/third"] {
         assert_eq!(client.reply().text(), path);
     }
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
     client.send(&request("/fourth"));
-    assert_eq!(client.reply().text(), "/fourth");
+    let reply = client.reply();
+    assert_eq!((reply.text().as_str(), instance(&reply)), ("/fourth", "1"));
 }
 
 #[test]
@@ -174,7 +197,8 @@ fn a_handed_off_request_past_the_stall_timeout_is_abandoned() {
 fn a_handoff_under_load_loses_no_request() {
     let gate = Gate::default();
     let _open = OpenOnDrop(gate.clone());
-    let server = gated_server(config(2), &gate);
+    // One loop: every client is on the loop that is handed off.
+    let server = gated_server(config(1), &gate);
     let addr = server.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
     let (sent, answered) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -210,4 +234,27 @@ fn a_handoff_under_load_loses_no_request() {
     }
     assert_eq!(sent.load(Ordering::Relaxed), answered.load(Ordering::Relaxed));
     assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+}
+
+#[test]
+fn a_moved_connection_closed_by_the_new_loop_closes_for_its_client() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let mut config = config(1);
+    config.keep_alive_timeout = Duration::from_millis(200);
+    config.header_timeout = Duration::from_millis(200);
+    let server = gated_server(config, &gate);
+    let mut idle = Client::new(server.local_addr());
+    idle.send(&request("/before"));
+    assert_eq!(instance(&idle.reply()), "0");
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    // The old thread still holds its own fd of the moved connection (it is
+    // inside the handler): the new loop's idle timeout must still end the
+    // connection for the client.
+    assert!(idle.is_closed(), "the client sees the close while the old thread is stuck");
+    assert_eq!(server.snapshot().handed_off_alive, 1, "the gate is still shut");
+    gate.open();
+    assert_eq!(slow.reply().text(), "/slow");
 }

@@ -118,8 +118,11 @@ impl<F: ServiceFactory> LoopContext<F> {
         head.keep_alive && !self.draining && !self.shared.draining.load(Relaxed)
     }
 
-    /// Counts a request refused before the service ran.
-    pub(crate) fn count_rejected(&self) {
+    /// Counts a request refused before the service ran. A refusal is
+    /// progress too: a flood of bad requests is not a stuck handler.
+    pub(crate) fn count_rejected(&mut self) {
         self.shared.counters.rejected.fetch_add(1, Relaxed);
+        self.progress += 1;
+        self.shared.heartbeat.beat(self.progress, true);
     }
 }

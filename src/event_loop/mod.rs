@@ -330,9 +330,17 @@ impl<F: ServiceFactory> EventLoop<F> {
             }
             let conn = self.conns.remove(key);
             self.leave_epoll(&conn);
-            self.cx.shared.registry().remove(key);
-            self.server.open_connections.fetch_sub(1, Relaxed);
-            self.cx.shared.open_connections.fetch_sub(1, Relaxed);
+            {
+                let mut registry = self.cx.shared.registry();
+                registry.remove(key);
+                if registry.is_closed() {
+                    // Given up on meanwhile: the supervisor counted this
+                    // connection as stuck and shut it down.
+                    continue;
+                }
+                self.server.open_connections.fetch_sub(1, Relaxed);
+                self.cx.shared.open_connections.fetch_sub(1, Relaxed);
+            }
             let stream = match Arc::try_unwrap(conn.socket) {
                 Ok(socket) => socket.stream,
                 Err(shared) => match shared.stream.try_clone() {
@@ -444,7 +452,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("set TCP_NODELAY failed: {err}");
         }
-        let socket = Arc::new(SharedSocket::new(stream));
+        let socket = Arc::new(SharedSocket::new(stream, origin == Origin::Adopted));
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if !self.cx.shared.registry().insert(key, socket.clone()) {
@@ -466,8 +474,10 @@ impl<F: ServiceFactory> EventLoop<F> {
         }
         entry.insert(Conn::new(socket, key, self.cx.now, self.cx.header_timeout));
         self.cx.shared.open_connections.fetch_add(1, Relaxed);
-        self.cx.shared.counters.accepted.fetch_add(1, Relaxed);
-        server.accepted_total.fetch_add(1, Relaxed);
+        if origin == Origin::Accepted {
+            self.cx.shared.counters.accepted.fetch_add(1, Relaxed);
+            server.accepted_total.fetch_add(1, Relaxed);
+        }
         // Clients send their request right after connecting, so it is
         // usually here already: reading now saves a trip through epoll_wait
         // per connection (a third of the syscalls of a `Connection: close`
@@ -536,6 +546,9 @@ impl<F: ServiceFactory> EventLoop<F> {
         // Output encoded for this connection and not written has nowhere to go.
         self.cx.out.clear();
         self.leave_epoll(&conn);
+        if conn.socket.adopted {
+            let _ = conn.socket.stream.shutdown(std::net::Shutdown::Both);
+        }
         let mut registry = self.cx.shared.registry();
         registry.remove(key);
         // Once the registry is closed (abandoned), the supervisor has taken
@@ -591,6 +604,12 @@ impl<F: ServiceFactory> EventLoop<F> {
     fn begin_drain(&mut self) {
         self.cx.draining = true;
         self.cx.shared.set_state(LoopState::Draining);
+        // Other loops deliver no more connections here; those already
+        // delivered are served (their responses close them).
+        let delivered = self.cx.shared.registry().close_inbox();
+        for stream in delivered {
+            self.add_conn(stream, Origin::Adopted);
+        }
         if self.server.draining.load(Relaxed) {
             // The whole server stops: clients that connected before the
             // signal are in the backlog and must be served, not reset when

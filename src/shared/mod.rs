@@ -91,16 +91,16 @@ impl ServerShared {
         // The supervisor publishes a replacement right after it hands a
         // loop off; between the two the old loop refuses deliveries.
         for _ in 0..DELIVERY_ATTEMPTS {
-            let Some(target) = lock(&self.loops).get(slot).cloned() else { return Err(stream) };
-            if !target.draining.load(Relaxed) {
-                match target.registry().deliver(stream) {
-                    Ok(()) => {
-                        target.inbox_hint.store(true, Relaxed);
-                        target.wake();
-                        return Ok(());
-                    }
-                    Err(refused) => stream = refused,
+            // The list skips slots without a loop (one waiting to respawn).
+            let target = lock(&self.loops).iter().find(|l| l.slot == slot).cloned();
+            let Some(target) = target else { return Err(stream) };
+            match target.registry().deliver(stream) {
+                Ok(()) => {
+                    target.inbox_hint.store(true, Relaxed);
+                    target.wake();
+                    return Ok(());
                 }
+                Err(refused) => stream = refused,
             }
             std::thread::yield_now();
         }

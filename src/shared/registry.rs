@@ -43,12 +43,16 @@ pub(crate) struct SharedSocket {
     /// lose nothing. `HELD`: the loop is serving it or holds state for it.
     /// `MOVED`: the supervisor gave it to another loop.
     claim: AtomicU8,
+    /// Came from another loop as a duplicate: other fds (a stuck thread's)
+    /// may keep the socket open after this loop closes its own, so closing
+    /// must shut it down for the client to see the end.
+    pub(crate) adopted: bool,
 }
 
 impl SharedSocket {
     /// A connection its loop holds (it is about to read from it).
-    pub(crate) fn new(stream: TcpStream) -> SharedSocket {
-        SharedSocket { stream, claim: AtomicU8::new(HELD) }
+    pub(crate) fn new(stream: TcpStream, adopted: bool) -> SharedSocket {
+        SharedSocket { stream, claim: AtomicU8::new(HELD), adopted }
     }
 
     /// Takes the connection for the calling loop; false when it was moved,
@@ -96,11 +100,18 @@ pub(crate) struct FdRegistry {
     entries: Vec<Option<Arc<SharedSocket>>>,
     inbox: Vec<TcpStream>,
     stage: Stage,
+    /// A draining loop takes no more connections from other loops.
+    refuse_deliveries: bool,
 }
 
 impl Default for FdRegistry {
     fn default() -> Self {
-        FdRegistry { entries: Vec::new(), inbox: Vec::new(), stage: Stage::Open }
+        FdRegistry {
+            entries: Vec::new(),
+            inbox: Vec::new(),
+            stage: Stage::Open,
+            refuse_deliveries: false,
+        }
     }
 }
 
@@ -149,11 +160,19 @@ impl FdRegistry {
 
     /// Hands `stream` to this loop, if it still takes connections.
     pub(crate) fn deliver(&mut self, stream: TcpStream) -> Result<(), TcpStream> {
-        if self.stage != Stage::Open {
+        if self.stage != Stage::Open || self.refuse_deliveries {
             return Err(stream);
         }
         self.inbox.push(stream);
         Ok(())
+    }
+
+    /// The loop is about to drain (or has died): deliveries from now on go
+    /// elsewhere; returns what was delivered before, for the caller to
+    /// serve or pass on.
+    pub(crate) fn close_inbox(&mut self) -> Vec<TcpStream> {
+        self.refuse_deliveries = true;
+        std::mem::take(&mut self.inbox)
     }
 
     /// The connections delivered since the last call.
@@ -169,15 +188,14 @@ impl FdRegistry {
         let mut moved = Moved { streams: std::mem::take(&mut self.inbox), from_loop: 0 };
         for entry in &mut self.entries {
             let Some(socket) = entry else { continue };
+            // The duplicate first: a connection that cannot be duplicated
+            // (out of fds) stays where it is rather than be lost.
+            let Ok(copy) = socket.stream.try_clone() else { continue };
             if !socket.try_move() {
                 continue;
             }
-            // Counted either way: the loop will forget it (it is `MOVED`).
             moved.from_loop += 1;
-            match socket.stream.try_clone() {
-                Ok(copy) => moved.streams.push(copy),
-                Err(err) => log::warn!("cannot duplicate a connection's socket: {err}"),
-            }
+            moved.streams.push(copy);
             *entry = None;
         }
         moved
@@ -209,7 +227,7 @@ mod tests {
 
     fn socket(listener: &TcpListener, clients: &mut Vec<TcpStream>) -> Arc<SharedSocket> {
         clients.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-        Arc::new(SharedSocket::new(listener.accept().unwrap().0))
+        Arc::new(SharedSocket::new(listener.accept().unwrap().0, false))
     }
 
     #[test]

@@ -82,6 +82,7 @@ pub(crate) fn start<F: ServiceFactory>(
             running: Some(running),
             observation: None,
             handed_off: Vec::new(),
+            adopt: Vec::new(),
             generation: 0,
             deaths_in_a_row: 0,
             respawn_at: None,
@@ -156,6 +157,8 @@ struct Slot {
     observation: Option<Observation>,
     /// Handed-off threads of the slot still finishing their work.
     handed_off: Vec<Watched>,
+    /// Connections for the slot's next loop (delivered to one that died).
+    adopt: Vec<TcpStream>,
     generation: u32,
     deaths_in_a_row: u32,
     respawn_at: Option<Instant>,
@@ -321,21 +324,39 @@ impl<F: ServiceFactory> Supervisor<F> {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
-        old.shared.set_fate(Fate::HandedOff);
+        // The connections move first, then the replacement is published,
+        // and only then is the old loop told: so when it passes on what it
+        // kept, the slot's current loop is already the new one. Until it
+        // is told it may go on serving what it holds; the claim protocol
+        // keeps it off what moved.
         old.shared.set_state(LoopState::HandedOff);
+        let moved = old.shared.registry().hand_off();
+        self.server.open_connections.fetch_sub(moved.from_loop, Relaxed);
+        old.shared.open_connections.fetch_sub(moved.from_loop, Relaxed);
+        let migrated = moved.streams.len();
+        let observation = self.slots[slot].observation;
+        // Should the replacement not start, its sockets die with the thread
+        // that was never created; these let their clients see a close.
+        let fallback: Vec<TcpStream> =
+            moved.streams.iter().filter_map(|stream| stream.try_clone().ok()).collect();
+        let replacement = self.next_generation(slot, moved.streams);
+        if replacement.is_none() {
+            for stream in &fallback {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        drop(fallback);
+        self.slots[slot].handed_off.push(Watched { running: old, observation });
+        self.publish_loops();
+        let old = &self.slots[slot].handed_off.last().expect("just pushed").running;
         *lock(&old.shared.slow_request_started) = now.checked_sub(busy_for);
+        old.shared.set_fate(Fate::HandedOff);
         let tid = old.shared.tid.load(Relaxed);
         if tid > 0 {
             if let Err(err) = sys::set_nice(tid, self.server.config.handoff_nice) {
                 log::debug!("loop {} could not be reniced: {err}", old.shared.name());
             }
         }
-        let moved = old.shared.registry().hand_off();
-        self.server.open_connections.fetch_sub(moved.from_loop, Relaxed);
-        old.shared.open_connections.fetch_sub(moved.from_loop, Relaxed);
-        let migrated = moved.streams.len();
-        let observation = self.slots[slot].observation;
-        let replacement = self.next_generation(slot, moved.streams);
         old.shared.counters.handoffs.fetch_add(1, Relaxed);
         // It was busy; should it be between two steps, it checks its fate
         // before it polls again.
@@ -346,8 +367,6 @@ impl<F: ServiceFactory> Supervisor<F> {
             old.shared.current_request.read().unwrap_or_default(),
             replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
         );
-        self.slots[slot].handed_off.push(Watched { running: old, observation });
-        self.publish_loops();
     }
 
     /// Forgets the handed-off threads of `slot` that finished, and gives up
@@ -358,7 +377,20 @@ impl<F: ServiceFactory> Supervisor<F> {
         while index < self.slots[slot].handed_off.len() {
             let watched = &mut self.slots[slot].handed_off[index];
             if watched.running.thread.is_finished() {
-                self.slots[slot].handed_off.remove(index);
+                let done = self.slots[slot].handed_off.remove(index).running;
+                // A thread that ends normally has passed on or closed every
+                // connection; one that died (a panic outside a handler)
+                // closed them as it unwound, uncounted.
+                let open = done.shared.open_connections.swap(0, Relaxed);
+                self.server.open_connections.fetch_sub(open, Relaxed);
+                if let Err(payload) = done.thread.join() {
+                    log::error!(
+                        "loop {} died after its handoff cause={:?} closed_connections={open}",
+                        done.shared.name(),
+                        panic_message(payload.as_ref())
+                    );
+                    done.shared.counters.replaced_died.fetch_add(1, Relaxed);
+                }
                 self.publish_loops();
                 continue;
             }
@@ -494,10 +526,13 @@ impl<F: ServiceFactory> Supervisor<F> {
             Err(payload) => panic_message(payload.as_ref()).to_string(),
         };
         dead.shared.counters.replaced_died.fetch_add(1, Relaxed);
-        // Its connections closed as the thread unwound, uncounted.
+        // Its connections closed as the thread unwound, uncounted; those
+        // other loops delivered to it and it never took go to its successor.
         let open = dead.shared.open_connections.swap(0, Relaxed);
         self.server.open_connections.fetch_sub(open, Relaxed);
+        let delivered = dead.shared.registry().close_inbox();
         let state = &mut self.slots[slot];
+        state.adopt.extend(delivered);
         let (deaths_in_a_row, delay) = respawn_delay(state.deaths_in_a_row, lived);
         state.deaths_in_a_row = deaths_in_a_row;
         log::error!(
@@ -513,7 +548,8 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     fn respawn(&mut self, slot: usize) {
         self.slots[slot].respawn_at = None;
-        if let Some(generation) = self.next_generation(slot, Vec::new()) {
+        let adopt = std::mem::take(&mut self.slots[slot].adopt);
+        if let Some(generation) = self.next_generation(slot, adopt) {
             log::info!("loop {slot}.{generation} started");
         }
         self.publish_loops();
