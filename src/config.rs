@@ -68,6 +68,10 @@ pub struct Config {
     /// Bearer token for the admin plane's state-changing routes; without
     /// it they are allowed from loopback peers only.
     pub admin_token: Option<String>,
+    /// Pass `CONNECT` requests to the service. Off, they are answered 501
+    /// (RFC 9110 9.3.6): a 2xx to `CONNECT` tells the client a tunnel is
+    /// open, which a service that does not tunnel must never say.
+    pub allow_connect: bool,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             mem_limit: None,
             admin: None,
             admin_token: None,
+            allow_connect: false,
             offload_threads: default_loops(),
             offload_queue: 1024,
         }

@@ -99,8 +99,16 @@ struct Args {
     #[arg(long, env = "VIGIL_ADMIN")]
     admin: Option<SocketAddr>,
     /// Bearer token required for the admin plane's POST routes (otherwise: loopback only).
-    #[arg(long, env = "VIGIL_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "VIGIL_ADMIN_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     admin_token: Option<String>,
+    /// Read the admin token from this file (first line), so it does not show in /proc/PID/cmdline.
+    #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE")]
+    admin_token_file: Option<std::path::PathBuf>,
     /// Add demo routes: /spin, /block?ms=N, /panic, /alloc?mb=N, /free, /work?ms=N, /work-inline?ms=N.
     #[arg(long, env = "VIGIL_DEMO")]
     demo: bool,
@@ -129,6 +137,18 @@ fn chance(text: &str) -> Result<u64, String> {
 }
 
 impl Args {
+    /// The token given inline or in a file.
+    fn admin_token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.admin_token_file else { return Ok(self.admin_token.clone()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| format!("cannot read --admin-token-file {}: {err}", path.display()))?;
+        let token = text.lines().next().unwrap_or_default().trim();
+        if token.is_empty() {
+            return Err(format!("--admin-token-file {} holds no token", path.display()));
+        }
+        Ok(Some(token.to_owned()))
+    }
+
     fn config(&self) -> Result<Config, String> {
         let usize_of = |name: &str, value: u64| {
             usize::try_from(value).map_err(|_| format!("{name} {value} is too large"))
@@ -159,7 +179,8 @@ impl Args {
             mem_warn: self.mem_warn,
             mem_limit: self.mem_limit,
             admin: self.admin,
-            admin_token: self.admin_token.clone(),
+            admin_token: self.admin_token()?,
+            allow_connect: false,
             offload_threads: self.offload_threads.unwrap_or_else(vigil::default_loops),
             offload_queue: self.offload_queue,
         };
@@ -169,11 +190,7 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    // may logs its configuration at info, and may_minihttp logs every admin
-    // client that disconnects as an error; RUST_LOG may still turn them on.
     env_logger::Builder::new()
-        .filter_module("may", log::LevelFilter::Warn)
-        .filter_module("may_minihttp", log::LevelFilter::Off)
         .parse_env(env_logger::Env::default().default_filter_or("info"))
         .init();
     let args = match Args::try_parse() {

@@ -111,15 +111,17 @@ impl<F: ServiceFactory> Server<F> {
         });
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
-        let handle = ServerHandle {
+        let mut handle = ServerHandle {
             control: Control::new(shared.clone(), commands, supervisor.thread().clone()),
             supervisor: Some(supervisor),
+            admin: None,
         };
         if let Some(addr) = shared.config.admin {
             let token = shared.config.admin_token.clone();
-            let bound = admin::start(addr, token, handle.control()).map_err(StartError::Admin)?;
-            let _ = shared.admin_addr.set(bound);
-            log::info!("admin plane listening addr={bound}");
+            let plane = admin::start(addr, token, handle.control()).map_err(StartError::Admin)?;
+            let _ = shared.admin_addr.set(plane.addr);
+            log::info!("admin plane listening addr={}", plane.addr);
+            handle.admin = Some(plane);
         }
         Ok(handle)
     }
@@ -158,6 +160,9 @@ impl std::error::Error for StartError {}
 pub struct ServerHandle {
     control: Control,
     supervisor: Option<JoinHandle<Outcome>>,
+    /// Stops when the handle goes, after the server: it answers (`/readyz`
+    /// 503) for as long as a shutdown lasts.
+    admin: Option<admin::AdminPlane>,
 }
 
 impl ServerHandle {

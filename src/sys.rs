@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd};
 
 /// Turns a negative libc return into `io::Error::last_os_error()`.
 macro_rules! syscall {
@@ -140,37 +140,6 @@ pub(crate) fn resident_bytes() -> Option<u64> {
     Some(pages * u64::try_from(page_size).ok()?)
 }
 
-/// The peer address of socket number `fd`, which the caller knows only by
-/// number (may_minihttp hands the admin plane the fd of a connection).
-///
-/// Only `getpeername` is called: no object is made that would own or
-/// close the fd, so a stale number can at worst give a wrong answer.
-pub(crate) fn peer_addr_of(fd: RawFd) -> Option<std::net::SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data, valid when zeroed.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let address = (&mut storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-    syscall!(getpeername(fd, address, &mut len)).ok()?;
-    match i32::from(storage.ss_family) {
-        libc::AF_INET => {
-            // SAFETY: the kernel wrote a sockaddr_in for AF_INET.
-            let v4 =
-                unsafe { *(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            let ip = std::net::Ipv4Addr::from(u32::from_be(v4.sin_addr.s_addr));
-            Some((ip, u16::from_be(v4.sin_port)).into())
-        }
-        libc::AF_INET6 => {
-            // SAFETY: the kernel wrote a sockaddr_in6 for AF_INET6.
-            let v6 = unsafe {
-                *(&storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-            };
-            let ip = std::net::Ipv6Addr::from(v6.sin6_addr.s6_addr);
-            Some((ip, u16::from_be(v6.sin6_port)).into())
-        }
-        _ => None,
-    }
-}
-
 /// The error of a socket after a failed non-blocking operation is sorted
 /// here, once, for the whole crate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -232,15 +201,5 @@ mod tests {
         }
         assert_eq!(verdict_of(libc::EBADF), IoVerdict::Fatal);
         assert_eq!(verdict_of(libc::EINVAL), IoVerdict::Fatal);
-    }
-
-    #[test]
-    fn peer_addr_of_reads_a_connected_socket_and_refuses_others() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        assert_eq!(peer_addr_of(server.as_raw_fd()), Some(client.local_addr().unwrap()));
-        assert_eq!(peer_addr_of(listener.as_raw_fd()), None, "a listener has no peer");
-        assert_eq!(peer_addr_of(-1), None);
     }
 }

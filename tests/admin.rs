@@ -110,6 +110,99 @@ fn the_admin_token_is_required_when_set() {
     assert_eq!(admin(addr, "GET", "/healthz", "").0, 200, "reads need no token");
 }
 
+/// Reads until the admin plane closes the connection; what it sent.
+fn read_to_close(stream: &mut std::net::TcpStream) -> String {
+    let mut received = Vec::new();
+    match stream.read_to_end(&mut received) {
+        Ok(_) => {}
+        // A reset after the answer still ends the connection.
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!("the admin plane did not close the connection: {err}"),
+    }
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[test]
+fn a_request_hidden_in_an_admin_body_is_refused_not_run() {
+    let server = util::start(with_admin(util::config(2)), util::hello());
+    let addr = server.admin_addr().unwrap();
+    let hidden = "POST /loops/recycle HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n";
+    let mut stream = util::connect(addr);
+    write!(
+        stream,
+        "GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: {}\r\n\r\n{hidden}",
+        hidden.len()
+    )
+    .unwrap();
+    let answer = read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:?}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "nothing after the refusal: {answer:?}");
+    // Commands reach the supervisor in order: once this recycle of slot 0
+    // is done, a smuggled recycle of every loop would be done too.
+    assert_eq!(admin(addr, "POST", "/loops/0/recycle", "").0, 202);
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().loops[0].generation == 1)
+    );
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().totals.recycled == 1));
+    assert_eq!(server.snapshot().loops[1].generation, 0, "slot 1 was never recycled");
+}
+
+#[test]
+fn an_endless_admin_head_is_cut_at_the_limit() {
+    let server = util::start(with_admin(util::config(1)), util::hello());
+    let mut stream = util::connect(server.admin_addr().unwrap());
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\n").unwrap();
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(1000));
+    // 64 KiB, eight times the limit, and never a blank line.
+    for _ in 0..64 {
+        if stream.write_all(filler.as_bytes()).is_err() {
+            break; // closed on us already
+        }
+    }
+    let answer = read_to_close(&mut stream);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+}
+
+#[test]
+fn admin_connections_are_capped_and_the_plane_serves_on() {
+    let server = util::start(with_admin(util::config(1)), util::hello());
+    let addr = server.admin_addr().unwrap();
+    // Each proves it is registered by being answered once, then stays idle.
+    let mut held: Vec<Client> = (0..64)
+        .map(|_| {
+            let mut client = Client::new(addr);
+            client.send(b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n");
+            assert_eq!(client.reply().status, 200);
+            client
+        })
+        .collect();
+    let mut over = util::connect(addr);
+    let answer = read_to_close(&mut over);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    held.truncate(0);
+    assert!(
+        util::eventually(Duration::from_secs(10), || std::net::TcpStream::connect(addr)
+            .ok()
+            .map(|stream| {
+                let mut client = Client::from_stream(stream);
+                client.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+                client.reply_to("GET").is_ok_and(|reply| reply.status == 200)
+            })
+            .unwrap_or(false)),
+        "served again once the others left"
+    );
+}
+
+#[test]
+fn a_silent_admin_client_is_closed() {
+    let server = util::start(with_admin(util::config(1)), util::hello());
+    let mut stream = util::connect(server.admin_addr().unwrap());
+    stream.write_all(b"GET /metr").unwrap();
+    // Closed at the request deadline (5 s), well before the client's own
+    // read timeout: no bytes, no hang.
+    assert_eq!(read_to_close(&mut stream), "");
+}
+
 #[test]
 fn the_admin_plane_answers_while_every_loop_is_stuck_and_health_flips() {
     let release = Arc::new(AtomicBool::new(false));

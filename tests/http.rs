@@ -1,6 +1,8 @@
 //! HTTP/1.1 on the wire: keep-alive, pipelining, bodies, and bad input.
 
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::util::{self, Client};
@@ -342,4 +344,32 @@ fn a_response_with_a_forbidden_header_becomes_500() {
     let reply = util::get(server.local_addr(), "/").unwrap();
     assert_eq!(reply.status, 500);
     assert!(reply.header("set-cookie").is_none());
+}
+
+#[test]
+fn connect_is_refused_501_unless_the_service_takes_it() {
+    let called = Arc::new(AtomicUsize::new(0));
+    let server = util::start(util::config(1), {
+        let called = called.clone();
+        move |_| {
+            let called = called.clone();
+            move |_req: &vigil::Request<'_>, res: &mut vigil::Response| {
+                called.fetch_add(1, Ordering::Relaxed);
+                res.body_static(b"tunnel?");
+            }
+        }
+    });
+    let mut client = Client::new(server.local_addr());
+    client.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    let reply = client.reply();
+    assert_eq!(reply.status, 501, "a 2xx would tell the client a tunnel is open");
+    assert!(client.is_closed());
+    assert_eq!(called.load(Ordering::Relaxed), 0, "the service never saw it");
+
+    let mut config = util::config(1);
+    config.allow_connect = true;
+    let server = util::start(config, util::hello());
+    let mut client = Client::new(server.local_addr());
+    client.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
+    assert_eq!(client.reply().status, 200, "a service that tunnels gets it");
 }

@@ -24,6 +24,8 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     pub(crate) response: Response,
     pub(crate) date: DateCache,
     pub(crate) limits: Limits,
+    /// Pass `CONNECT` to the service (otherwise 501).
+    pub(crate) allow_connect: bool,
     pub(crate) header_timeout: Duration,
     pub(crate) keep_alive_timeout: Duration,
     /// The loop's clock, read once per wake-up.

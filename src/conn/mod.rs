@@ -468,6 +468,10 @@ impl Conn {
         body: &[u8],
         cx: &mut LoopContext<F>,
     ) {
+        if head.method == "CONNECT" && !cx.allow_connect {
+            self.reject(Reject::new(501, "CONNECT is not supported"), cx);
+            return;
+        }
         let req = Request {
             method: head.method,
             path: head.path,

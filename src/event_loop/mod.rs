@@ -137,6 +137,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 response: Response::new(),
                 date: DateCache::new(),
                 limits: config.limits.clone(),
+                allow_connect: config.allow_connect,
                 header_timeout: config.header_timeout,
                 keep_alive_timeout: config.keep_alive_timeout,
                 now,
