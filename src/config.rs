@@ -53,6 +53,11 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long a graceful shutdown may take before the rest is cut.
     pub shutdown_timeout: Duration,
+    /// After a shutdown request, how long the server goes on accepting and
+    /// serving as usual while `/readyz` already answers 503: the time a
+    /// load balancer or Kubernetes takes to stop sending it new clients.
+    /// The drain (and `shutdown_timeout`) starts after it.
+    pub shutdown_delay: Duration,
     /// How often the supervisor reads jemalloc's statistics.
     pub mem_interval: Duration,
     /// Log a warning when a loop's arena holds more than this many bytes.
@@ -94,6 +99,7 @@ impl Default for Config {
             restart_window: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             mem_interval: Duration::from_secs(1),
             mem_warn: None,
             mem_limit: None,

@@ -85,7 +85,9 @@ impl Control {
 
     /// Ready for traffic: not shutting down.
     pub fn is_ready(&self) -> bool {
-        !self.shared.draining.load(Relaxed) && !self.shared.stop_now.load(Relaxed)
+        !self.shared.draining.load(Relaxed)
+            && !self.shared.stop_now.load(Relaxed)
+            && !self.shared.shutdown_pending.load(Relaxed)
     }
 
     /// Healthy: at least one loop serves and the abandoned-thread budget is

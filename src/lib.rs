@@ -46,6 +46,7 @@ mod http;
 #[allow(unsafe_code)]
 mod memory;
 mod offload;
+mod panics;
 mod server;
 mod service;
 mod shared;
@@ -58,6 +59,7 @@ pub use config::{default_loops, parse_duration, parse_size, Config, ConfigError}
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
+pub use panics::quiet_handler_panics;
 pub use server::{Server, ServerHandle, StartError};
 pub use service::{Service, ServiceFactory};
 pub use shared::{HistogramSnapshot, LoopState, SlotCounts};

@@ -80,6 +80,9 @@ struct Args {
     /// Time a graceful shutdown (SIGTERM/SIGINT) may take.
     #[arg(long, env = "VIGIL_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
     shutdown_timeout: Duration,
+    /// On SIGTERM, keep accepting this long with /readyz at 503 before draining (for load balancers).
+    #[arg(long, env = "VIGIL_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
+    shutdown_delay: Duration,
     /// How often per-loop memory is read.
     #[arg(long, env = "VIGIL_MEM_INTERVAL", default_value = "1s", value_parser = duration)]
     mem_interval: Duration,
@@ -175,6 +178,7 @@ impl Args {
             restart_window: self.restart_window,
             drain_timeout: self.drain_timeout,
             shutdown_timeout: self.shutdown_timeout,
+            shutdown_delay: self.shutdown_delay,
             mem_interval: self.mem_interval,
             mem_warn: self.mem_warn,
             mem_limit: self.mem_limit,
@@ -190,6 +194,9 @@ impl Args {
 }
 
 fn main() -> ExitCode {
+    // A panicking handler gets one rate-limited line from vigil, not a
+    // report from the standard hook per request.
+    vigil::quiet_handler_panics();
     env_logger::Builder::new()
         .parse_env(env_logger::Env::default().default_filter_or("info"))
         .init();

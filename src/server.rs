@@ -80,8 +80,9 @@ impl<F: ServiceFactory> Server<F> {
     }
 
     /// Binds the socket, starts the loops and the supervisor.
-    pub fn start(self) -> Result<ServerHandle, StartError> {
+    pub fn start(mut self) -> Result<ServerHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
+        fit_connections_to_file_limit(&mut self.config);
         let listener = TcpListener::bind(self.config.listen).map_err(StartError::Bind)?;
         sys::set_backlog(&listener, BACKLOG).map_err(StartError::Bind)?;
         listener.set_nonblocking(true).map_err(StartError::Bind)?;
@@ -98,6 +99,7 @@ impl<F: ServiceFactory> Server<F> {
             accepted_total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             stop_now: AtomicBool::new(false),
+            shutdown_pending: AtomicBool::new(false),
             slots,
             loops: Mutex::new(Vec::new()),
             abandoned: Mutex::new(Vec::new()),
@@ -124,6 +126,35 @@ impl<F: ServiceFactory> Server<F> {
             handle.admin = Some(plane);
         }
         Ok(handle)
+    }
+}
+
+/// Files a server needs besides its connections: epoll instances, wakers and
+/// listeners, the admin plane's connections, logs, the files a service opens.
+fn reserved_files(config: &Config) -> u64 {
+    let admin = if config.admin.is_some() { admin::MAX_CONNECTIONS as u64 + 8 } else { 0 };
+    // Per loop: epoll, waker, and the same again for a handed-off thread.
+    64 + admin + 4 * config.loops as u64 * (1 + config.max_handed_off as u64)
+}
+
+/// Raises the open-file limit as far as allowed and clamps
+/// `max_connections` to what it leaves: past the limit, new clients would
+/// get neither an answer nor a 503, only a backlog nobody can accept from.
+fn fit_connections_to_file_limit(config: &mut Config) {
+    let limit = match sys::raise_open_file_limit() {
+        Ok(limit) => limit,
+        Err(err) => {
+            log::warn!("cannot read the open-file limit: {err}");
+            return;
+        }
+    };
+    let usable = limit.saturating_sub(reserved_files(config)).max(1);
+    if config.max_connections as u64 > usable {
+        log::warn!(
+            "max_connections={} clamped_to={usable} open_file_limit={limit}: raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            config.max_connections
+        );
+        config.max_connections = usize::try_from(usable).unwrap_or(usize::MAX);
     }
 }
 

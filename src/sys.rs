@@ -131,6 +131,20 @@ pub(crate) fn request_short_slices(slice: std::time::Duration) -> io::Result<()>
     syscall!(syscall(libc::SYS_sched_setattr, 0, attr, 0)).map(drop)
 }
 
+/// Raises this process's soft limit of open files to its hard limit (a
+/// server's connections are files); returns the soft limit now in force.
+pub(crate) fn raise_open_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    syscall!(getrlimit(libc::RLIMIT_NOFILE, &mut limit))?;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if syscall!(setrlimit(libc::RLIMIT_NOFILE, &raised)).is_ok() {
+            return Ok(raised.rlim_cur);
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
 pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -306,3 +306,26 @@ fn sighup_recycles_every_loop_and_a_second_sigterm_stops_at_once() {
     let log = vigil.rest_of_log();
     assert!(log.iter().any(|l| l.contains("stopping now")), "{}", log.join("\n"));
 }
+
+#[test]
+fn a_flood_of_recycle_requests_recycles_each_loop_about_once_a_second() {
+    let server = util::start(with_admin(util::config(1)), util::hello());
+    let addr = server.admin_addr().unwrap();
+    let started = std::time::Instant::now();
+    let mut client = Client::new(addr);
+    for _ in 0..300 {
+        client.send(b"POST /loops/recycle HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(client.reply().status, 202);
+    }
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().totals.recycled >= 1),
+        "the first request recycles"
+    );
+    // One recycle per second at most (the supervisor takes the queued
+    // requests within milliseconds of the last): without the merge it
+    // would be 300.
+    let seconds = started.elapsed().as_secs();
+    let recycled = server.snapshot().totals.recycled;
+    assert!(recycled <= seconds + 2, "{recycled} recycles in {seconds} s of requests");
+    assert_eq!(util::get(server.local_addr(), "/").unwrap().status, 200);
+}

@@ -84,6 +84,8 @@ pub struct Vigil {
     /// reads stderr all along, so the child never blocks on a full pipe;
     /// the channel disconnects when the child's stderr closes.
     pub log: Receiver<String>,
+    /// The lines logged up to the listening addresses.
+    pub startup_log: Vec<String>,
 }
 
 impl Vigil {
@@ -93,7 +95,19 @@ impl Vigil {
     /// With `--admin` (given as its own argument) it also waits for the
     /// admin plane's line.
     pub fn spawn(args: &[&str]) -> Vigil {
-        let mut child = Command::new(VIGIL)
+        Vigil::spawn_command(Command::new(VIGIL), args)
+    }
+
+    /// As `spawn`, with the soft and hard limits of open files at `files`
+    /// (set by the shell before it execs the binary).
+    pub fn spawn_with_file_limit(files: u64, args: &[&str]) -> Vigil {
+        let mut command = Command::new("sh");
+        command.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\""), VIGIL]);
+        Vigil::spawn_command(command, args)
+    }
+
+    fn spawn_command(mut command: Command, args: &[&str]) -> Vigil {
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
@@ -131,7 +145,7 @@ impl Vigil {
             }
             seen.push(line);
         }
-        Vigil { child, addr: addr.unwrap(), admin, log }
+        Vigil { child, addr: addr.unwrap(), admin, log, startup_log: seen }
     }
 
     /// Waits up to `limit` for the child to exit; its exit code, or `None`
@@ -234,4 +248,34 @@ fn mem_warn_logs_once_when_a_loop_crosses_it() {
     let repeats =
         vigil.rest_of_log().iter().filter(|l| l.contains("using too much memory")).count();
     assert_eq!(repeats, 0, "warned once per crossing");
+}
+
+#[test]
+fn max_connections_is_clamped_to_the_open_file_limit() {
+    let vigil = Vigil::spawn_with_file_limit(256, &["--loops", "1", "--max-connections", "25000"]);
+    let line = vigil
+        .startup_log
+        .iter()
+        .find(|line| line.contains("max_connections") && line.contains("clamped"))
+        .unwrap_or_else(|| panic!("no clamp line in {:?}", vigil.startup_log));
+    let clamped: usize = line
+        .split("clamped_to=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no clamped_to= in {line:?}"));
+    assert!(clamped > 0 && clamped < 256, "{line}");
+    // Up to the clamp every client is served; the next is refused with a
+    // 503 it can read, not left hanging for want of a descriptor.
+    let held: Vec<util::Client> = (0..clamped)
+        .map(|_| {
+            let mut client = util::Client::new(vigil.addr);
+            client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(client.reply().status, 200);
+            client
+        })
+        .collect();
+    let mut over = util::Client::new(vigil.addr);
+    assert_eq!(over.reply().status, 503, "said at accept, before any request");
+    drop(held);
 }

@@ -373,3 +373,20 @@ fn connect_is_refused_501_unless_the_service_takes_it() {
     client.send(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n");
     assert_eq!(client.reply().status, 200, "a service that tunnels gets it");
 }
+
+#[test]
+fn a_closing_response_followed_by_pipelined_requests_is_not_reset() {
+    let server = util::start(util::config(1), util::hello());
+    let mut stream = util::connect(server.local_addr());
+    let mut requests = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..3000 {
+        requests.extend_from_slice(b"GET /more HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    stream.write_all(&requests).unwrap();
+    let mut received = Vec::new();
+    // A reset here (ECONNRESET) is what lingering prevents.
+    stream.read_to_end(&mut received).expect("the server closes cleanly, after its answer");
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 1, "nothing answered after the closing response");
+}

@@ -210,3 +210,24 @@ fn graceful_recycle_loses_nothing() {
     assert_eq!(server.snapshot().totals.recycled, 1);
     assert!(server.recycle(7).is_err());
 }
+
+#[test]
+fn a_shutdown_delay_keeps_serving_while_not_ready() {
+    let mut config = util::config(1);
+    config.shutdown_delay = Duration::from_secs(60);
+    let server = util::start(config, util::hello());
+    let addr = server.local_addr();
+    let mut before = Client::new(addr);
+    before.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!before.reply().closes());
+    server.shutdown();
+    assert!(util::eventually(Duration::from_secs(10), || !server.is_ready()), "not ready at once");
+    // Within the delay: new clients are accepted and served, and nobody is
+    // told to close yet.
+    let reply = util::get(addr, "/").unwrap();
+    assert_eq!((reply.status, reply.closes()), (200, false));
+    before.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(!before.reply().closes());
+    assert_eq!(server.snapshot().loops[0].state, LoopState::Serving);
+    server.stop();
+}

@@ -10,6 +10,8 @@ mod metrics;
 mod plane;
 mod routes;
 
+pub(crate) use plane::MAX_CONNECTIONS;
+
 use std::io;
 use std::net::SocketAddr;
 use std::thread::{self, JoinHandle};

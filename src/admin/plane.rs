@@ -32,7 +32,7 @@ const WAKER: Token = Token(usize::MAX - 2);
 
 /// Open admin connections at most: a scraper, a health checker and an
 /// operator need a handful. Past it a connection is answered 503 and closed.
-pub(super) const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Largest request head: admin requests are a line and a few headers.
 const MAX_HEAD_BYTES: usize = 8 * 1024;

@@ -49,6 +49,8 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     pub(crate) completions: Sender<Completion>,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) next_job_id: u64,
+    /// Which handler panics get a log line.
+    pub(crate) panic_log: crate::panics::PanicLog,
     /// What the whole server shares (the handoff histogram, for one).
     pub(crate) server: Arc<ServerShared>,
 }
@@ -100,13 +102,17 @@ impl<F: ServiceFactory> LoopContext<F> {
     /// be half-updated, and a fresh one is the safe state. If the factory
     /// itself panics, the loop dies and the supervisor respawns it.
     pub(crate) fn handler_panicked(&mut self, req: &Request<'_>, payload: &Panic) {
-        log::error!(
-            "loop {} handler panicked method={} path={} panic={:?}; answered 500, service rebuilt",
-            self.shared.name(),
-            req.method(),
-            req.path(),
-            panic_message(payload.as_ref())
-        );
+        let location = crate::panics::take_location();
+        if let Some(suppressed) = self.panic_log.admit(Instant::now()) {
+            log::error!(
+                "loop {} handler panicked method={} path={} panic={:?} at={} suppressed={suppressed}; answered 500, service rebuilt",
+                self.shared.name(),
+                req.method(),
+                req.path(),
+                panic_message(payload.as_ref()),
+                location.as_deref().unwrap_or("?"),
+            );
+        }
         self.shared.counters.handler_panics.fetch_add(1, Relaxed);
         self.service = self.factory.new_service(self.shared.slot);
     }

@@ -66,6 +66,8 @@ pub(crate) enum Next {
 /// Why a connection's deadline is set, which decides what happens at it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Timer {
+    /// A new connection that has sent nothing: close silently.
+    Fresh,
     /// Between requests: close silently.
     Idle,
     /// Part of a request has arrived: answer 408 and close.
@@ -135,9 +137,10 @@ impl Conn {
             closing: Closing::Open,
             read_paused: false,
             peer_closed: false,
-            // A new connection gets the header timeout to send its request.
+            // A new connection gets the header timeout to send its request,
+            // counted from now, not from its first byte.
             deadline: now + header_timeout,
-            timer: Timer::Idle,
+            timer: Timer::Fresh,
             key,
             queue: ResponseQueue::default(),
         }
@@ -155,7 +158,7 @@ impl Conn {
 
     /// Brings an idle connection's deadline forward to `at` (draining).
     pub(crate) fn close_when_idle_by(&mut self, at: Instant) {
-        if self.timer == Timer::Idle {
+        if matches!(self.timer, Timer::Idle | Timer::Fresh) {
             self.deadline = self.deadline.min(at);
         }
     }
@@ -167,9 +170,14 @@ impl Conn {
         cx: &mut LoopContext<F>,
     ) -> Next {
         let mut next = Next::Wait;
+        if self.read_paused && !self.input.is_empty() && self.closing == Closing::Open {
+            // Requests left unanswered when the output filled up come first.
+            self.read_paused = false;
+            self.process_input(cx);
+        }
         for reads in 0.. {
             if self.closing == Closing::AfterWrite
-                || self.output.len() > OUTPUT_HIGH_WATER
+                || self.output_backlog(cx) > OUTPUT_HIGH_WATER
                 || self.queue.len() >= MAX_PENDING_RESPONSES
             {
                 self.read_paused = true;
@@ -179,12 +187,7 @@ impl Conn {
                 next = Next::Deferred;
                 break;
             }
-            let result = if self.input.is_empty() {
-                self.read_into_scratch(scratch, cx)
-            } else {
-                self.read_into_own_buffer(cx)
-            };
-            match result {
+            match self.read_into_scratch(scratch, cx) {
                 Ok(ReadResult::Drained) => break,
                 Ok(ReadResult::More) => {}
                 Ok(ReadResult::Eof) => {
@@ -238,7 +241,10 @@ impl Conn {
     /// The deadline passed; returns what to do with the connection.
     pub(crate) fn on_deadline<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
         match self.timer {
-            Timer::Idle | Timer::Linger => Next::Close,
+            Timer::Fresh | Timer::Idle | Timer::Linger => Next::Close,
+            // Output it does not read is waiting: a 408 would only pile up
+            // behind it. The client is not listening; close.
+            Timer::Request if !self.output.is_empty() => Next::Close,
             Timer::Offload => Next::Wait,
             Timer::Request => {
                 cx.count_rejected();
@@ -250,6 +256,10 @@ impl Conn {
         }
     }
 
+    /// Reads into the loop's scratch buffer and answers what is complete.
+    /// Only the bytes of an incomplete request are kept, in a buffer of the
+    /// connection that grows with them: a client that sent 3 bytes holds 3
+    /// bytes, not a read buffer.
     fn read_into_scratch<F: ServiceFactory>(
         &mut self,
         scratch: &mut [u8],
@@ -263,34 +273,20 @@ impl Conn {
         if self.closing == Closing::Lingering {
             return Ok(ReadResult::More);
         }
-        let consumed = self.process(&scratch[..n], cx);
-        if consumed < n && self.closing == Closing::Open {
-            self.input.extend_from_slice(&scratch[consumed..n]);
+        if self.input.is_empty() {
+            let consumed = self.process(&scratch[..n], cx);
+            if consumed < n && self.closing == Closing::Open {
+                self.input.extend_from_slice(&scratch[consumed..n]);
+            }
+        } else {
+            self.input.extend_from_slice(&scratch[..n]);
+            self.process_input(cx);
         }
         Ok(self.after_read(n, scratch.len()))
     }
 
-    fn read_into_own_buffer<F: ServiceFactory>(
-        &mut self,
-        cx: &mut LoopContext<F>,
-    ) -> Result<ReadResult, IoVerdict> {
-        let old_len = self.input.len();
-        self.input.resize(old_len + SLOW_READ_CHUNK, 0);
-        let result = io::read(&self.socket.stream, &mut self.input[old_len..]);
-        let n = match result {
-            Ok(Some(n)) => n,
-            _ => 0,
-        };
-        self.input.truncate(old_len + n);
-        match result? {
-            None => return Ok(ReadResult::Drained),
-            Some(0) => return Ok(ReadResult::Eof),
-            _ if self.closing == Closing::Lingering => {
-                self.input.clear();
-                return Ok(ReadResult::More);
-            }
-            _ => {}
-        }
+    /// Answers what is complete in the connection's own buffer.
+    fn process_input<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) {
         let input = std::mem::take(&mut self.input);
         let consumed = self.process(&input, cx);
         self.input = input;
@@ -302,7 +298,6 @@ impl Conn {
         if self.input.capacity() > 4 * SLOW_READ_CHUNK && self.input.len() < SLOW_READ_CHUNK {
             self.input.shrink_to(SLOW_READ_CHUNK);
         }
-        Ok(self.after_read(n, SLOW_READ_CHUNK))
     }
 
     /// Whether a read of `n` bytes into `room` emptied the socket.
@@ -320,6 +315,12 @@ impl Conn {
         }
     }
 
+    /// Response bytes waiting for this connection: its own and this
+    /// event's batch in the loop's buffer.
+    fn output_backlog<F: ServiceFactory>(&self, cx: &LoopContext<F>) -> usize {
+        self.output.len() + cx.out.len()
+    }
+
     /// An event said the peer closed its side (EPOLLRDHUP/EPOLLHUP).
     pub(crate) fn note_peer_closed(&mut self) {
         self.peer_closed = true;
@@ -329,7 +330,14 @@ impl Conn {
     /// many bytes were consumed. What is left is an incomplete request.
     fn process<F: ServiceFactory>(&mut self, buf: &[u8], cx: &mut LoopContext<F>) -> usize {
         let mut pos = 0;
-        while pos < buf.len() && self.closing == Closing::Open && !cx.abandoned {
+        // Stops at the output high water too: a client that pipelines and
+        // does not read gets no more responses made until it reads, and
+        // what it sent waits in the connection's buffer meanwhile.
+        while pos < buf.len()
+            && self.closing == Closing::Open
+            && !cx.abandoned
+            && self.output_backlog(cx) <= OUTPUT_HIGH_WATER
+        {
             let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
             let head =
                 match parse_head(&buf[pos..], &mut headers[..cx.limits.max_headers], &cx.limits) {
@@ -381,6 +389,13 @@ impl Conn {
         }
         if self.closing != Closing::Open {
             // Nothing after a closing response is processed (RFC 9112 9.6).
+            if pos < buf.len() && self.timer != Timer::Linger {
+                // The client sent more (pipelined) and may still be
+                // sending: closing with unread input would reset the
+                // connection and could destroy the response. Linger.
+                self.timer = Timer::Linger;
+                self.deadline = cx.now + LINGER_TIMEOUT;
+            }
             return buf.len();
         }
         pos
@@ -395,10 +410,17 @@ impl Conn {
         }
     }
 
+    /// Part of a head is here. On a new connection the clock started at
+    /// accept (so a head takes at most the header timeout, not twice it);
+    /// between requests it starts at the first byte.
     fn wait_for_rest_of_request<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) {
-        if self.timer != Timer::Request {
-            self.timer = Timer::Request;
-            self.deadline = cx.now + cx.header_timeout;
+        match self.timer {
+            Timer::Request => {}
+            Timer::Fresh => self.timer = Timer::Request,
+            _ => {
+                self.timer = Timer::Request;
+                self.deadline = cx.now + cx.header_timeout;
+            }
         }
     }
 

@@ -153,6 +153,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 waker,
                 next_job_id: 0,
                 server: server.clone(),
+                panic_log: Default::default(),
             },
             completions,
             scratch: vec![0; SCRATCH_BYTES],

@@ -47,6 +47,9 @@ pub(crate) struct ServerShared {
     pub(crate) draining: AtomicBool,
     /// Stop at once: loops close everything and exit.
     pub(crate) stop_now: AtomicBool,
+    /// A shutdown was asked for and waits out `shutdown_delay`: not ready,
+    /// still serving.
+    pub(crate) shutdown_pending: AtomicBool,
     pub(crate) slots: Vec<Arc<SlotCounters>>,
     /// The current loop of each slot.
     pub(crate) loops: Mutex<Vec<Arc<LoopShared>>>,

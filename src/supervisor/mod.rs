@@ -42,6 +42,10 @@ const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 /// takes a few microseconds.
 const SUPERVISOR_SLICE: Duration = Duration::from_micros(100);
 
+/// A recycle requested within this long of the slot's last recycle is
+/// merged into it: at most one requested recycle per slot per second.
+const RECYCLE_MERGE_WINDOW: Duration = Duration::from_secs(1);
+
 /// How long a slot whose replacement could not be spawned waits to retry.
 const SPAWN_RETRY: Duration = Duration::from_secs(2);
 
@@ -72,6 +76,7 @@ pub(crate) fn start<F: ServiceFactory>(
         cores,
         next_memory_check: Instant::now(),
         shutdown_started: None,
+        drain_at: None,
         listener_closed: false,
         shutdown_deadline: None,
         outcome: Outcome::Stopped,
@@ -83,6 +88,7 @@ pub(crate) fn start<F: ServiceFactory>(
             observation: None,
             handed_off: Vec::new(),
             adopt: Vec::new(),
+            recycled_at: None,
             generation: 0,
             deaths_in_a_row: 0,
             respawn_at: None,
@@ -159,6 +165,8 @@ struct Slot {
     handed_off: Vec<Watched>,
     /// Connections for the slot's next loop (delivered to one that died).
     adopt: Vec<TcpStream>,
+    /// When the slot was last recycled (requests close to it are merged).
+    recycled_at: Option<Instant>,
     generation: u32,
     deaths_in_a_row: u32,
     respawn_at: Option<Instant>,
@@ -177,6 +185,8 @@ struct Supervisor<F> {
     cores: Vec<Option<usize>>,
     next_memory_check: Instant,
     shutdown_started: Option<Instant>,
+    /// When a delayed shutdown starts draining (see `shutdown_requested`).
+    drain_at: Option<Instant>,
     listener_closed: bool,
     shutdown_deadline: Option<Instant>,
     outcome: Outcome,
@@ -199,7 +209,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             while let Ok(command) = inbox.try_recv() {
                 match command {
                     Command::Recycle(slot) => self.recycle(slot, "requested"),
-                    Command::Shutdown => self.begin_shutdown(),
+                    Command::Shutdown => self.shutdown_requested(),
                     Command::Stop => self.server.stop_now.store(true, Relaxed),
                 }
             }
@@ -212,6 +222,10 @@ impl<F: ServiceFactory> Supervisor<F> {
                 if self.shutdown_finished(now) {
                     return self.outcome;
                 }
+                continue;
+            }
+            if self.drain_at.is_some_and(|at| now >= at) {
+                self.begin_shutdown();
                 continue;
             }
             self.check_loops(now);
@@ -564,6 +578,19 @@ impl<F: ServiceFactory> Supervisor<F> {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
+        let recently =
+            self.slots[slot].recycled_at.is_some_and(|at| at.elapsed() < RECYCLE_MERGE_WINDOW);
+        if reason == "requested" && recently {
+            // The loop was just made by a recycle and has nothing to shed:
+            // a flood of recycle requests must not become a flood of threads.
+            log::debug!(
+                "loop {} was made by a recycle just now: request merged",
+                old.shared.name()
+            );
+            self.slots[slot].running = Some(old);
+            return;
+        }
+        self.slots[slot].recycled_at = Some(Instant::now());
         let replacement = self.next_generation(slot, Vec::new());
         old.shared.start_draining();
         old.shared.counters.recycled.fetch_add(1, Relaxed);
@@ -657,6 +684,21 @@ impl<F: ServiceFactory> Supervisor<F> {
                 self.slots[slot].generation
             );
             self.recycle(slot, "mem_limit");
+        }
+    }
+
+    /// A shutdown was asked for: drain now, or after `shutdown_delay`,
+    /// meanwhile not ready (a load balancer stops sending new clients) but
+    /// serving as usual.
+    fn shutdown_requested(&mut self) {
+        let delay = self.server.config.shutdown_delay;
+        if delay.is_zero() {
+            return self.begin_shutdown();
+        }
+        if self.drain_at.is_none() && self.shutdown_deadline.is_none() {
+            log::info!("shutdown: not ready, draining in {delay:?}");
+            self.server.shutdown_pending.store(true, Relaxed);
+            self.drain_at = Some(Instant::now() + delay);
         }
     }
 
