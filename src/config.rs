@@ -22,6 +22,10 @@ pub struct Config {
     /// Time allowed from the first byte of a request head to its end, and
     /// between reads of a body (past it: 408).
     pub header_timeout: Duration,
+    /// Bytes per second a request body must arrive at, on average since the
+    /// request started, beyond the header timeout it gets first (408 past
+    /// it); 0 turns it off (the header timeout then runs between reads).
+    pub min_receive_rate: u64,
     /// An idle keep-alive connection is closed after this long.
     pub keep_alive_timeout: Duration,
     /// Open connections over all loops; past it new ones get 503 and close.
@@ -88,6 +92,7 @@ impl Default for Config {
             limits: Limits::default(),
             header_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
+            min_receive_rate: 500,
             max_connections: 25_000,
             stall_timeout: Duration::from_secs(2),
             handoff_after: DEFAULT_HANDOFF_AFTER,

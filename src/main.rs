@@ -41,9 +41,12 @@ struct Args {
     /// Largest request body.
     #[arg(long, env = "VIGIL_MAX_BODY", default_value = "1MiB", value_parser = size)]
     max_body: u64,
-    /// Time to receive a request head, and between reads of a body (then 408).
+    /// Time to receive a request head, and the start of a body's time (then 408).
     #[arg(long, env = "VIGIL_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     header_timeout: Duration,
+    /// A request body must arrive at this many bytes per second on average, after the header timeout (0: off).
+    #[arg(long, env = "VIGIL_MIN_RECEIVE_RATE", default_value = "500", value_parser = size)]
+    min_receive_rate: u64,
     /// Idle keep-alive connections are closed after this long.
     #[arg(long, env = "VIGIL_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = duration)]
     keep_alive_timeout: Duration,
@@ -167,6 +170,7 @@ impl Args {
             },
             header_timeout: self.header_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
+            min_receive_rate: self.min_receive_rate,
             max_connections: self.max_connections,
             stall_timeout: self.stall_timeout,
             handoff_after: self.handoff_after,

@@ -390,3 +390,30 @@ fn a_closing_response_followed_by_pipelined_requests_is_not_reset() {
     assert!(text.starts_with("HTTP/1.1 200"), "{text:?}");
     assert_eq!(text.matches("HTTP/1.1").count(), 1, "nothing answered after the closing response");
 }
+
+#[test]
+fn a_body_trickling_in_below_the_minimum_rate_gets_408() {
+    let mut config = util::config(1);
+    config.header_timeout = Duration::from_millis(300);
+    config.min_receive_rate = 100;
+    let server = util::start(config, util::hello());
+    let mut stream = util::connect(server.local_addr());
+    stream.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n").unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    // A byte every 20 ms: 50 B/s, under the 100 B/s asked for, but often
+    // enough that a timeout between reads would never fire.
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..1000 {
+            if writer.write_all(b"x").is_err() {
+                return;
+            }
+            // sleep-ok: paces the slow client; nothing waits on it.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let mut client = Client::from_stream(stream);
+    let reply = client.reply_to("POST").expect("an answer before the client gives up");
+    assert_eq!(reply.status, 408);
+    drop(client);
+    trickle.join().unwrap();
+}

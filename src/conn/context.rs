@@ -27,6 +27,8 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     /// Pass `CONNECT` to the service (otherwise 501).
     pub(crate) allow_connect: bool,
     pub(crate) header_timeout: Duration,
+    /// Bytes per second a request body must arrive at, at least (0: off).
+    pub(crate) min_receive_rate: u64,
     pub(crate) keep_alive_timeout: Duration,
     /// The loop's clock, read once per wake-up.
     pub(crate) now: Instant,

@@ -114,6 +114,9 @@ pub(crate) struct Conn {
     peer_closed: bool,
     pub(crate) deadline: Instant,
     timer: Timer,
+    /// When the request being received started (a new connection's: its
+    /// accept), for the body's minimum receive rate.
+    request_clock: Instant,
     /// This connection's slab key, which offloaded work reports back to.
     key: usize,
     /// Responses in request order while offloaded work is outstanding.
@@ -141,6 +144,7 @@ impl Conn {
             // counted from now, not from its first byte.
             deadline: now + header_timeout,
             timer: Timer::Fresh,
+            request_clock: now,
             key,
             queue: ResponseQueue::default(),
         }
@@ -360,7 +364,7 @@ impl Conn {
                 }
                 Framing::Length(len) => {
                     if (available.len() as u64) < len {
-                        self.wait_for_body(&head, cx);
+                        self.wait_for_body(&head, head.len + available.len(), cx);
                         break;
                     }
                     // `len <= available.len()`, so it fits in usize.
@@ -374,7 +378,7 @@ impl Conn {
                         body.fed
                     }
                     Ok(None) => {
-                        self.wait_for_body(&head, cx);
+                        self.wait_for_body(&head, head.len + available.len(), cx);
                         break;
                     }
                     Err(reject) => {
@@ -419,21 +423,43 @@ impl Conn {
             Timer::Fresh => self.timer = Timer::Request,
             _ => {
                 self.timer = Timer::Request;
+                self.request_clock = cx.now;
                 self.deadline = cx.now + cx.header_timeout;
             }
         }
     }
 
-    fn wait_for_body<F: ServiceFactory>(&mut self, head: &Head<'_, '_>, cx: &mut LoopContext<F>) {
+    /// Part of a body is here (`received` bytes of the request so far).
+    ///
+    /// With a minimum receive rate, the request has the header timeout from
+    /// its start plus a second per `min_receive_rate` bytes received, as
+    /// Apache's mod_reqtimeout does: a client sending a byte a second
+    /// cannot hold a connection for ever. Without one (0), the timeout is
+    /// between reads.
+    fn wait_for_body<F: ServiceFactory>(
+        &mut self,
+        head: &Head<'_, '_>,
+        received: usize,
+        cx: &mut LoopContext<F>,
+    ) {
         if head.expect_continue && !self.sent_continue {
             let start = cx.out.len();
             cx.out.extend_from_slice(CONTINUE);
             self.queue_if_behind_offload(start, true, cx);
             self.sent_continue = true;
         }
-        // A body may take longer than a head; the timeout is between reads.
+        match self.timer {
+            Timer::Request | Timer::Fresh => {}
+            _ => self.request_clock = cx.now,
+        }
         self.timer = Timer::Request;
-        self.deadline = cx.now + cx.header_timeout;
+        self.deadline = match cx.min_receive_rate {
+            0 => cx.now + cx.header_timeout,
+            rate => {
+                let earned = Duration::from_secs_f64(received as f64 / rate as f64);
+                self.request_clock + cx.header_timeout + earned
+            }
+        };
     }
 
     /// Feeds the decoder what it has not seen; `Some` once the body is whole.

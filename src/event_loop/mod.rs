@@ -139,6 +139,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 limits: config.limits.clone(),
                 allow_connect: config.allow_connect,
                 header_timeout: config.header_timeout,
+                min_receive_rate: config.min_receive_rate,
                 keep_alive_timeout: config.keep_alive_timeout,
                 now,
                 progress: 0,
