@@ -106,3 +106,29 @@ fn crossing_the_limit_recycles_the_loop_without_losing_a_request() {
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no request failed across the recycle");
     assert_eq!(server.snapshot().totals.recycled, 1);
 }
+
+#[test]
+fn far_over_the_limit_a_loop_is_handed_off_and_reads_no_new_request() {
+    let mut config = util::config(1);
+    config.mem_interval = Duration::from_millis(20);
+    config.handoff_after = Duration::ZERO;
+    config.mem_limit = Some(16 << 20);
+    let server = util::start(config, hoarder);
+    let mut kept = Client::new(server.local_addr());
+    kept.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(kept.reply().status, 200);
+    // Three times the limit: a drain would go on reading this client's
+    // next requests (each could add as much again).
+    let reply = util::get(server.local_addr(), "/alloc?mb=48").unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().loops[0].generation == 1),
+        "replaced"
+    );
+    kept.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let reply = kept.reply();
+    assert_eq!(reply.status, 200);
+    assert!(!reply.closes(), "moved to the fresh loop, not drained with Connection: close");
+    let snapshot = server.snapshot();
+    assert_eq!((snapshot.totals.recycled, snapshot.totals.handoffs), (1, 0));
+}

@@ -42,6 +42,15 @@ const SHUTDOWN_TICK: Duration = Duration::from_millis(5);
 /// takes a few microseconds.
 const SUPERVISOR_SLICE: Duration = Duration::from_micros(100);
 
+/// Past this multiple of `--mem-limit` a loop is not drained (which goes on
+/// reading its clients' next requests) but handed off at once.
+const MEM_LIMIT_HARD_MULTIPLE: u64 = 2;
+
+/// The memory limit in force (only called when one is set).
+fn config_limit(config: &crate::config::Config) -> u64 {
+    config.mem_limit.unwrap_or(u64::MAX)
+}
+
 /// A recycle requested within this long of the slot's last recycle is
 /// merged into it: at most one requested recycle per slot per second.
 const RECYCLE_MERGE_WINDOW: Duration = Duration::from_secs(1);
@@ -314,7 +323,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             match verdict {
                 Verdict::Stalled { stuck_for } => self.abandon(slot, stuck_for, now),
                 Verdict::HandoffDue { busy_for } if self.may_hand_off(slot) => {
-                    self.hand_off(slot, busy_for, now)
+                    self.hand_off(slot, Some(busy_for), now)
                 }
                 _ => {}
             }
@@ -334,7 +343,10 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// connection at once, while the old thread finishes its request at a
     /// lower priority, passes what it kept to the new loop as each becomes
     /// idle, and exits. Nothing is closed.
-    fn hand_off(&mut self, slot: usize, busy_for: Duration, now: Instant) {
+    /// `busy_for` is how long the loop has been busy on its request, or
+    /// `None` for a loop handed off for its memory (not counted as a
+    /// handoff, nor timed).
+    fn hand_off(&mut self, slot: usize, busy_for: Option<Duration>, now: Instant) {
         let Some(old) = self.slots[slot].running.take() else {
             return;
         };
@@ -363,7 +375,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.slots[slot].handed_off.push(Watched { running: old, observation });
         self.publish_loops();
         let old = &self.slots[slot].handed_off.last().expect("just pushed").running;
-        *lock(&old.shared.slow_request_started) = now.checked_sub(busy_for);
+        *lock(&old.shared.slow_request_started) = busy_for.and_then(|busy| now.checked_sub(busy));
         old.shared.set_fate(Fate::HandedOff);
         let tid = old.shared.tid.load(Relaxed);
         if tid > 0 {
@@ -371,7 +383,9 @@ impl<F: ServiceFactory> Supervisor<F> {
                 log::debug!("loop {} could not be reniced: {err}", old.shared.name());
             }
         }
-        old.shared.counters.handoffs.fetch_add(1, Relaxed);
+        if busy_for.is_some() {
+            old.shared.counters.handoffs.fetch_add(1, Relaxed);
+        }
         // It was busy; should it be between two steps, it checks its fate
         // before it polls again.
         old.shared.wake();
@@ -678,7 +692,26 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
         *lock(&self.server.memory) =
             MemoryReport { process: Some(memory::process_memory()), arenas };
+        let now = Instant::now();
         for (slot, allocated) in over_limit {
+            let limit = config_limit(&self.server.config);
+            let far_over = allocated > limit.saturating_mul(MEM_LIMIT_HARD_MULTIPLE);
+            if far_over && self.slots[slot].handed_off.len() < self.server.config.max_handed_off {
+                // A drain would still read the requests its keep-alive
+                // clients send next, and each may add as much again. Handed
+                // off, the loop reads no new request: it finishes what it
+                // holds while its connections move to a fresh loop.
+                log::warn!(
+                    "loop {slot}.{} far over mem_limit allocated={allocated} limit={limit}; handing off",
+                    self.slots[slot].generation
+                );
+                self.slots[slot].recycled_at = Some(now);
+                if let Some(running) = &self.slots[slot].running {
+                    running.shared.counters.recycled.fetch_add(1, Relaxed);
+                }
+                self.hand_off(slot, None, now);
+                continue;
+            }
             log::warn!(
                 "loop {slot}.{} over mem_limit allocated={allocated}; recycling",
                 self.slots[slot].generation
