@@ -279,3 +279,30 @@ fn max_connections_is_clamped_to_the_open_file_limit() {
     assert_eq!(over.reply().status, 503, "said at accept, before any request");
     drop(held);
 }
+
+#[test]
+fn an_admin_flood_past_the_file_limit_leaves_both_planes_serving() {
+    let vigil = Vigil::spawn_with_file_limit(64, &["--loops", "1", "--admin", "127.0.0.1:0"]);
+    let admin = vigil.admin.expect("admin address");
+    // More connections than the process has descriptors: the admin plane
+    // runs out of them (EMFILE) while accepting.
+    let flood: Vec<std::net::TcpStream> =
+        (0..120).filter_map(|_| std::net::TcpStream::connect(admin).ok()).collect();
+    assert!(flood.len() > 64, "the backlog took them; the plane cannot accept them all");
+    drop(flood);
+    let admin_answers = || {
+        std::net::TcpStream::connect(admin).ok().is_some_and(|stream| {
+            stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut client = util::Client::from_stream(stream);
+            client.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n");
+            client.reply_to("GET").is_ok_and(|reply| reply.status == 200)
+        })
+    };
+    assert!(util::eventually(Duration::from_secs(10), admin_answers), "admin plane recovered");
+    assert_eq!(util::get(vigil.addr, "/").unwrap().status, 200, "data plane serves");
+    let log: Vec<String> = vigil.log.try_iter().collect();
+    assert!(
+        log.iter().any(|line| line.contains("admin plane out of file descriptors")),
+        "the flood did reach the file limit: {log:?}"
+    );
+}
