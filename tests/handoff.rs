@@ -40,7 +40,8 @@ impl Drop for OpenOnDrop {
     }
 }
 
-/// `/slow` waits for the gate (`/slow-panic` then panics); everything else
+/// `/slow` waits for the gate (`/slow-panic` then panics, `/offload` waits
+/// for it on the offload pool); everything else
 /// answers its path. `X-Instance` tells which service instance (so which
 /// loop: the factory makes one per loop) answered: 0 is the first.
 fn gated_server(config: Config, gate: &Gate) -> ServerHandle {
@@ -56,6 +57,14 @@ fn gated_server(config: Config, gate: &Gate) -> ServerHandle {
                 "/slow-panic" => {
                     gate.wait();
                     panic!("after the handoff");
+                }
+                "/offload" => {
+                    let gate = gate.clone();
+                    res.offload(move |res| {
+                        gate.wait();
+                        res.body_static(b"/offload");
+                    });
+                    return;
                 }
                 _ => {}
             }
@@ -257,4 +266,45 @@ fn a_moved_connection_closed_by_the_new_loop_closes_for_its_client() {
     assert_eq!(server.snapshot().handed_off_alive, 1, "the gate is still shut");
     gate.open();
     assert_eq!(slow.reply().text(), "/slow");
+}
+
+#[test]
+fn offloaded_work_pending_at_a_handoff_is_answered_in_order() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let mut offloaded = Client::new(server.local_addr());
+    let mut pipeline = request("/offload");
+    pipeline.extend(request("/behind"));
+    offloaded.send(&pipeline);
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().offload.running == 1));
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    // The connection waiting for its offloaded response stayed with the
+    // old thread (it holds state); it answers once the work is back.
+    gate.open();
+    assert_eq!(offloaded.reply().text(), "/offload");
+    assert_eq!(offloaded.reply().text(), "/behind", "in request order");
+    assert_eq!(slow.reply().text(), "/slow");
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+    offloaded.send(&request("/after"));
+    let reply = offloaded.reply();
+    assert_eq!((reply.text().as_str(), instance(&reply)), ("/after", "1"), "then passed on");
+}
+
+#[test]
+fn a_shutdown_finishes_a_handed_off_request() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    server.shutdown();
+    assert!(util::eventually(Duration::from_secs(10), || !server.is_ready()));
+    gate.open();
+    let reply = slow.reply();
+    assert_eq!((reply.status, reply.closes()), (200, true), "answered, and told the server goes");
+    assert_eq!(server.wait(), vigil::Outcome::Stopped);
 }
