@@ -30,6 +30,10 @@ pub struct Config {
     pub keep_alive_timeout: Duration,
     /// Open connections over all loops; past it new ones get 503 and close.
     pub max_connections: usize,
+    /// Open connections from one client address; past it new ones from it
+    /// get 503 and close. 0: no cap. (Behind a proxy every client has the
+    /// proxy's address.)
+    pub max_connections_per_ip: usize,
     /// A busy loop without progress for this long is stalled; zero turns
     /// stall detection off.
     pub stall_timeout: Duration,
@@ -94,6 +98,7 @@ impl Default for Config {
             keep_alive_timeout: Duration::from_secs(60),
             min_receive_rate: 500,
             max_connections: 25_000,
+            max_connections_per_ip: 0,
             stall_timeout: Duration::from_secs(2),
             handoff_after: DEFAULT_HANDOFF_AFTER,
             handoff_nice: 10,

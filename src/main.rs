@@ -53,6 +53,9 @@ struct Args {
     /// Open connections over all loops; more get 503.
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 25_000)]
     max_connections: usize,
+    /// Open connections from one client address (0: no cap); more get 503.
+    #[arg(long, env = "VIGIL_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    max_connections_per_ip: usize,
     /// A busy loop without progress this long is replaced (0 turns detection off).
     #[arg(long, env = "VIGIL_STALL_TIMEOUT", default_value = "2s", value_parser = duration)]
     stall_timeout: Duration,
@@ -172,6 +175,7 @@ impl Args {
             keep_alive_timeout: self.keep_alive_timeout,
             min_receive_rate: self.min_receive_rate,
             max_connections: self.max_connections,
+            max_connections_per_ip: self.max_connections_per_ip,
             stall_timeout: self.stall_timeout,
             handoff_after: self.handoff_after,
             handoff_nice: self.handoff_nice,

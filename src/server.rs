@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, ConfigError};
 use crate::control::{Control, Snapshot, UnknownSlot};
-use crate::shared::{Histogram, MemoryReport, ServerShared, SlotCounters};
+use crate::shared::{Histogram, MemoryReport, PeerCounts, ServerShared, SlotCounters};
 use crate::supervisor::{self, Outcome};
 use crate::{admin, offload, sys, Limits, ServiceFactory};
 
@@ -90,12 +90,15 @@ impl<F: ServiceFactory> Server<F> {
         let offload = offload::Pool::start(self.config.offload_threads, self.config.offload_queue)
             .map_err(StartError::Spawn)?;
         let slots = (0..self.config.loops).map(|_| Arc::new(SlotCounters::default())).collect();
+        let per_ip = self.config.max_connections_per_ip;
+        let peers = (per_ip > 0).then(|| PeerCounts::new(per_ip));
         let shared = Arc::new(ServerShared {
             config: self.config,
             listener,
             local_addr,
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
+            peers,
             accepted_total: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             stop_now: AtomicBool::new(false),

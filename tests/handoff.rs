@@ -308,3 +308,37 @@ fn a_shutdown_finishes_a_handed_off_request() {
     assert_eq!((reply.status, reply.closes()), (200, true), "answered, and told the server goes");
     assert_eq!(server.wait(), vigil::Outcome::Stopped);
 }
+
+#[test]
+fn a_connections_place_in_its_address_count_moves_with_it() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let mut config = config(1);
+    config.max_connections_per_ip = 2;
+    let server = gated_server(config, &gate);
+    let addr = server.local_addr();
+    let mut idle = Client::new(addr);
+    idle.send(&request("/before"));
+    assert_eq!(idle.reply().status, 200);
+    let mut slow = Client::new(addr);
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    // The moved connection still holds its place: a third is refused.
+    assert_eq!(Client::new(addr).reply().status, 503);
+    gate.open();
+    assert_eq!(slow.reply().text(), "/slow");
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().handed_off_alive == 0));
+    drop(idle);
+    drop(slow);
+    assert!(
+        util::eventually(Duration::from_secs(10), || {
+            // Two at once: a place lost in the move would leave one.
+            let (mut a, mut b) = (Client::new(addr), Client::new(addr));
+            a.send(&request("/a"));
+            b.send(&request("/b"));
+            a.reply_to("GET").is_ok_and(|reply| reply.status == 200)
+                && b.reply_to("GET").is_ok_and(|reply| reply.status == 200)
+        }),
+        "both places given back once their connections ended"
+    );
+}

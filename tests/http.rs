@@ -417,3 +417,29 @@ fn a_body_trickling_in_below_the_minimum_rate_gets_408() {
     drop(client);
     trickle.join().unwrap();
 }
+
+#[test]
+fn connections_per_client_address_are_capped_and_given_back() {
+    let mut config = util::config(1);
+    config.max_connections_per_ip = 2;
+    let server = util::start(config, util::hello());
+    let addr = server.local_addr();
+    let open = |client: &mut Client| {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        client.reply()
+    };
+    let mut first = Client::new(addr);
+    let mut second = Client::new(addr);
+    assert_eq!((open(&mut first).status, open(&mut second).status), (200, 200));
+    let mut third = Client::new(addr);
+    assert_eq!(third.reply().status, 503, "refused at accept, for this address");
+    drop(first);
+    assert!(
+        util::eventually(Duration::from_secs(10), || {
+            let mut again = Client::new(addr);
+            again.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+            again.reply_to("GET").is_ok_and(|reply| reply.status == 200)
+        }),
+        "a closed connection gives its place back"
+    );
+}

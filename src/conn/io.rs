@@ -55,9 +55,9 @@ pub(super) fn write_nonblocking(mut stream: &TcpStream, buf: &[u8]) -> Result<us
 /// The client has often sent its request by the time it is accepted: that
 /// is read and dropped before the close, since closing with unread input
 /// resets the connection and can destroy the 503 before the client reads it.
-pub(crate) fn refuse_over_limit(stream: &TcpStream, date: &DateCache) {
+pub(crate) fn refuse_over_limit(stream: &TcpStream, why: &str, date: &DateCache) {
     let mut out = Vec::with_capacity(256);
-    response::encode_reject(503, "too many connections", date, &mut out);
+    response::encode_reject(503, why, date, &mut out);
     let _ = write_nonblocking(stream, &out);
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut discard = [0u8; 4096];

@@ -20,7 +20,9 @@ use slab::Slab;
 use crate::conn::{self, Conn, LoopContext, Next};
 use crate::http::date::DateCache;
 use crate::offload::Completion;
-use crate::shared::{lock, Fate, LoopShared, LoopState, ServerShared, SharedSocket};
+use crate::shared::{
+    lock, Conveyed, Fate, LoopShared, LoopState, PeerTicket, ServerShared, SharedSocket,
+};
 use crate::sys;
 use crate::{memory, Response, ServiceFactory};
 use accept::Acceptor;
@@ -43,7 +45,7 @@ pub(crate) fn spawn<F: ServiceFactory>(
     shared: Arc<LoopShared>,
     server: Arc<ServerShared>,
     factory: Arc<F>,
-    adopt: Vec<TcpStream>,
+    adopt: Vec<Conveyed>,
     ready: crossbeam_channel::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
@@ -92,6 +94,8 @@ struct EventLoop<F: ServiceFactory> {
     acceptor: Acceptor,
     /// Connections accepted in the current batch, not yet set up.
     accepted: Vec<TcpStream>,
+    /// Keys of connections set up in the current batch, not yet read.
+    fresh: Vec<usize>,
     /// Connections whose read budget ran out with input possibly left.
     deferred: Vec<usize>,
     next_sweep: Instant,
@@ -102,13 +106,15 @@ struct EventLoop<F: ServiceFactory> {
 }
 
 /// Where a connection comes from, for `add_conn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Origin {
-    /// Accepted from the listener: counted against `max_connections`.
+    /// Accepted from the listener: counted against `max_connections` (and
+    /// its address against `max_connections_per_ip`).
     Accepted,
-    /// Served by another loop of the slot until now: already counted
-    /// (the server's count went down when it left that loop).
-    Adopted,
+    /// Served by another loop of the slot until now: already counted (the
+    /// server's count went down when it left that loop), and bringing its
+    /// address's ticket along.
+    Adopted(Option<Arc<PeerTicket>>),
 }
 
 impl<F: ServiceFactory> EventLoop<F> {
@@ -161,6 +167,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             server,
             acceptor: Acceptor::default(),
             accepted: Vec::with_capacity(accept::ACCEPTS_PER_REARM as usize),
+            fresh: Vec::with_capacity(accept::ACCEPTS_PER_REARM as usize),
             deferred: Vec::new(),
             next_sweep: now + sweep_every,
             sweep_every,
@@ -169,19 +176,13 @@ impl<F: ServiceFactory> EventLoop<F> {
         })
     }
 
-    fn run(
-        mut self,
-        adopt: Vec<TcpStream>,
-        ready: crossbeam_channel::Sender<()>,
-    ) -> io::Result<()> {
+    fn run(mut self, adopt: Vec<Conveyed>, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
         self.acceptor.listen(&self.poll, &self.server)?;
         self.cx.shared.set_state(LoopState::Serving);
         let _ = ready.send(());
         drop(ready);
         self.cx.now = Instant::now();
-        for stream in adopt {
-            self.add_conn(stream, Origin::Adopted);
-        }
+        self.add_conns(adopt.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
         let mut events = Events::with_capacity(1024);
         loop {
             self.wait(&mut events)?;
@@ -344,10 +345,10 @@ impl<F: ServiceFactory> EventLoop<F> {
                 self.server.open_connections.fetch_sub(1, Relaxed);
                 self.cx.shared.open_connections.fetch_sub(1, Relaxed);
             }
-            let stream = match Arc::try_unwrap(conn.socket) {
-                Ok(socket) => socket.stream,
+            let conveyed = match Arc::try_unwrap(conn.socket) {
+                Ok(socket) => Conveyed { stream: socket.stream, ticket: socket.ticket },
                 Err(shared) => match shared.stream.try_clone() {
-                    Ok(stream) => stream,
+                    Ok(stream) => Conveyed { stream, ticket: shared.ticket.clone() },
                     Err(err) => {
                         log::warn!(
                             "loop {} cannot pass a connection on: {err}",
@@ -357,10 +358,10 @@ impl<F: ServiceFactory> EventLoop<F> {
                     }
                 },
             };
-            if let Err(stream) = self.server.deliver(self.cx.shared.slot, stream) {
+            if let Err(kept) = self.server.deliver(self.cx.shared.slot, conveyed) {
                 // No loop of the slot takes connections right now: keep
                 // serving it, and try again after its next request.
-                self.add_conn(stream, Origin::Adopted);
+                self.add_conns([(kept.stream, Origin::Adopted(kept.ticket))]);
             }
         }
     }
@@ -368,9 +369,7 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// Serves the connections other loops of the slot handed over.
     fn adopt_inbox(&mut self) {
         let delivered = self.cx.shared.registry().take_inbox();
-        for stream in delivered {
-            self.add_conn(stream, Origin::Adopted);
-        }
+        self.add_conns(delivered.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
     }
 
     /// While draining: done once no connection is left, or at the deadline.
@@ -414,9 +413,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         let (now, shared) = (self.cx.now, &self.cx.shared);
         let backlog_left =
             self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
-        for stream in accepted.drain(..) {
-            self.add_conn(stream, Origin::Accepted);
-        }
+        self.add_conns(accepted.drain(..).map(|stream| (stream, Origin::Accepted)));
         self.accepted = accepted;
         let mine = self.conns.len();
         let shared = &self.cx.shared;
@@ -431,9 +428,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             let (now, shared) = (self.cx.now, &self.cx.shared);
             let more =
                 self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
-            for stream in accepted.drain(..) {
-                self.add_conn(stream, Origin::Accepted);
-            }
+            self.add_conns(accepted.drain(..).map(|stream| (stream, Origin::Accepted)));
             self.accepted = accepted;
             if !more {
                 break;
@@ -441,27 +436,72 @@ impl<F: ServiceFactory> EventLoop<F> {
         }
     }
 
-    fn add_conn(&mut self, stream: TcpStream, origin: Origin) {
+    /// Sets up every connection of `batch`, then reads each.
+    ///
+    /// All are registered before any is served: a handler that stalls on
+    /// the first must not leave the others out of the fd registry, where a
+    /// handoff would not find them (they would wait for the stalled one).
+    fn add_conns(&mut self, batch: impl IntoIterator<Item = (TcpStream, Origin)>) {
+        let mut fresh = std::mem::take(&mut self.fresh);
+        fresh
+            .extend(batch.into_iter().filter_map(|(stream, origin)| self.add_conn(stream, origin)));
+        for &key in &fresh {
+            // Clients send their request right after connecting, so it is
+            // usually here already: reading now saves a trip through
+            // epoll_wait per connection (a third of the syscalls of a
+            // `Connection: close` request). If nothing came yet, the
+            // registration's event follows.
+            self.on_conn_event(key, true, false);
+            if self.cx.abandoned {
+                break;
+            }
+        }
+        fresh.clear();
+        self.fresh = fresh;
+    }
+
+    /// Registers one connection (in the slab, the fd registry and epoll);
+    /// its key, or `None` if it was refused or could not be set up.
+    fn add_conn(&mut self, stream: TcpStream, origin: Origin) -> Option<usize> {
         let server = &self.server;
+        let adopted = matches!(origin, Origin::Adopted(_));
         let open = server.open_connections.fetch_add(1, Relaxed);
-        if origin == Origin::Accepted && open >= server.config.max_connections {
+        if !adopted && open >= server.config.max_connections {
             server.open_connections.fetch_sub(1, Relaxed);
             self.cx.count_rejected();
-            conn::refuse_over_limit(&stream, &self.cx.date);
-            return;
+            conn::refuse_over_limit(&stream, "too many connections", &self.cx.date);
+            return None;
         }
+        let ticket = match (origin, &server.peers) {
+            (Origin::Adopted(ticket), _) => ticket,
+            (Origin::Accepted, None) => None,
+            // A client gone before it is looked at needs no place.
+            (Origin::Accepted, Some(peers)) => match stream.peer_addr() {
+                Err(_) => None,
+                Ok(peer) => match peers.admit(peer.ip()) {
+                    Some(ticket) => Some(ticket),
+                    None => {
+                        server.open_connections.fetch_sub(1, Relaxed);
+                        self.cx.count_rejected();
+                        let why = "too many connections from this address";
+                        conn::refuse_over_limit(&stream, why, &self.cx.date);
+                        return None;
+                    }
+                },
+            },
+        };
         // Responses are written whole, once per batch: Nagle would only
         // delay them.
         if let Err(err) = stream.set_nodelay(true) {
             log::debug!("set TCP_NODELAY failed: {err}");
         }
-        let socket = Arc::new(SharedSocket::new(stream, origin == Origin::Adopted));
+        let socket = Arc::new(SharedSocket::new(stream, adopted, ticket));
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if !self.cx.shared.registry().insert(key, socket.clone()) {
             // Abandoned between poll and here; the stream closes on drop.
             server.open_connections.fetch_sub(1, Relaxed);
-            return;
+            return None;
         }
         // Both interests once, edge-triggered: no re-registration later.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&socket.stream);
@@ -473,19 +513,15 @@ impl<F: ServiceFactory> EventLoop<F> {
             log::error!("loop {} register failed: {err}", self.cx.shared.name());
             self.cx.shared.registry().remove(key);
             server.open_connections.fetch_sub(1, Relaxed);
-            return;
+            return None;
         }
         entry.insert(Conn::new(socket, key, self.cx.now, self.cx.header_timeout));
         self.cx.shared.open_connections.fetch_add(1, Relaxed);
-        if origin == Origin::Accepted {
+        if !adopted {
             self.cx.shared.counters.accepted.fetch_add(1, Relaxed);
             server.accepted_total.fetch_add(1, Relaxed);
         }
-        // Clients send their request right after connecting, so it is
-        // usually here already: reading now saves a trip through epoll_wait
-        // per connection (a third of the syscalls of a `Connection: close`
-        // request). If nothing came yet, the registration's event follows.
-        self.on_conn_event(key, true, false);
+        Some(key)
     }
 
     fn take_completions(&mut self) {
@@ -552,6 +588,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         if conn.socket.adopted {
             let _ = conn.socket.stream.shutdown(std::net::Shutdown::Both);
         }
+        conn.socket.give_back_ticket();
         let mut registry = self.cx.shared.registry();
         registry.remove(key);
         // Once the registry is closed (abandoned), the supervisor has taken
@@ -610,9 +647,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         // Other loops deliver no more connections here; those already
         // delivered are served (their responses close them).
         let delivered = self.cx.shared.registry().close_inbox();
-        for stream in delivered {
-            self.add_conn(stream, Origin::Adopted);
-        }
+        self.add_conns(delivered.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
         if self.server.draining.load(Relaxed) {
             // The whole server stops: clients that connected before the
             // signal are in the backlog and must be served, not reset when

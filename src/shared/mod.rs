@@ -8,9 +8,10 @@
 mod counters;
 mod histogram;
 mod loop_shared;
+mod peers;
 mod registry;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
@@ -21,7 +22,8 @@ pub(crate) use histogram::Histogram;
 pub use histogram::HistogramSnapshot;
 pub use loop_shared::LoopState;
 pub(crate) use loop_shared::{Fate, Heartbeat, LoopShared};
-pub(crate) use registry::SharedSocket;
+pub(crate) use peers::{PeerCounts, PeerTicket};
+pub(crate) use registry::{Conveyed, SharedSocket};
 
 use crate::config::Config;
 use crate::memory::{ArenaStats, ProcessMemory};
@@ -39,6 +41,8 @@ pub(crate) struct ServerShared {
     pub(crate) listener: TcpListener,
     pub(crate) local_addr: SocketAddr,
     pub(crate) started: Instant,
+    /// Open connections per client address, when capped.
+    pub(crate) peers: Option<Arc<PeerCounts>>,
     /// Open connections over all loops, for `max_connections`.
     pub(crate) open_connections: AtomicUsize,
     /// Connections accepted by any loop, ever (see the accept policy).
@@ -90,7 +94,7 @@ impl ServerShared {
     /// Gives an idle connection to the current loop of `slot` (a handed-off
     /// thread passing on what it kept). Gives it back when no loop of the
     /// slot takes connections now: the caller keeps serving it.
-    pub(crate) fn deliver(&self, slot: usize, mut stream: TcpStream) -> Result<(), TcpStream> {
+    pub(crate) fn deliver(&self, slot: usize, mut stream: Conveyed) -> Result<(), Conveyed> {
         // The supervisor publishes a replacement right after it hands a
         // loop off; between the two the old loop refuses deliveries.
         for _ in 0..DELIVERY_ATTEMPTS {

@@ -27,6 +27,8 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
+use super::peers::PeerTicket;
+
 const IDLE: u8 = 0;
 const HELD: u8 = 1;
 const MOVED: u8 = 2;
@@ -47,12 +49,34 @@ pub(crate) struct SharedSocket {
     /// may keep the socket open after this loop closes its own, so closing
     /// must shut it down for the client to see the end.
     pub(crate) adopted: bool,
+    /// Its place in its client address's count, when that is capped.
+    pub(crate) ticket: Option<Arc<PeerTicket>>,
+}
+
+/// A connection on its way from one loop to another: its socket and its
+/// place in its address's count.
+#[derive(Debug)]
+pub(crate) struct Conveyed {
+    pub(crate) stream: TcpStream,
+    pub(crate) ticket: Option<Arc<PeerTicket>>,
 }
 
 impl SharedSocket {
-    /// A connection its loop holds (it is about to read from it).
-    pub(crate) fn new(stream: TcpStream, adopted: bool) -> SharedSocket {
-        SharedSocket { stream, claim: AtomicU8::new(HELD), adopted }
+    /// A new connection: idle (nothing read yet) until its loop claims it
+    /// to read, so a handoff before that moves it.
+    pub(crate) fn new(
+        stream: TcpStream,
+        adopted: bool,
+        ticket: Option<Arc<PeerTicket>>,
+    ) -> SharedSocket {
+        SharedSocket { stream, claim: AtomicU8::new(IDLE), adopted, ticket }
+    }
+
+    /// The connection has ended: its address's count goes down.
+    pub(crate) fn give_back_ticket(&self) {
+        if let Some(ticket) = &self.ticket {
+            ticket.give_back();
+        }
     }
 
     /// Takes the connection for the calling loop; false when it was moved,
@@ -98,7 +122,7 @@ enum Stage {
 #[derive(Debug)]
 pub(crate) struct FdRegistry {
     entries: Vec<Option<Arc<SharedSocket>>>,
-    inbox: Vec<TcpStream>,
+    inbox: Vec<Conveyed>,
     stage: Stage,
     /// A draining loop takes no more connections from other loops.
     refuse_deliveries: bool,
@@ -118,7 +142,7 @@ impl Default for FdRegistry {
 /// The idle connections of a loop handed off, as duplicates.
 #[derive(Debug, Default)]
 pub(crate) struct Moved {
-    pub(crate) streams: Vec<TcpStream>,
+    pub(crate) streams: Vec<Conveyed>,
     /// How many were the loop's own (the rest were in its inbox, and so on
     /// no loop's count).
     pub(crate) from_loop: usize,
@@ -128,7 +152,7 @@ pub(crate) struct Moved {
 #[derive(Debug, Default)]
 pub(crate) struct TakenOver {
     /// Idle connections, for another loop to serve.
-    pub(crate) clean: Vec<TcpStream>,
+    pub(crate) clean: Vec<Conveyed>,
     /// Connections with state the stuck loop holds: to be shut down.
     pub(crate) stuck: Vec<TcpStream>,
 }
@@ -159,7 +183,7 @@ impl FdRegistry {
     }
 
     /// Hands `stream` to this loop, if it still takes connections.
-    pub(crate) fn deliver(&mut self, stream: TcpStream) -> Result<(), TcpStream> {
+    pub(crate) fn deliver(&mut self, stream: Conveyed) -> Result<(), Conveyed> {
         if self.stage != Stage::Open || self.refuse_deliveries {
             return Err(stream);
         }
@@ -170,13 +194,13 @@ impl FdRegistry {
     /// The loop is about to drain (or has died): deliveries from now on go
     /// elsewhere; returns what was delivered before, for the caller to
     /// serve or pass on.
-    pub(crate) fn close_inbox(&mut self) -> Vec<TcpStream> {
+    pub(crate) fn close_inbox(&mut self) -> Vec<Conveyed> {
         self.refuse_deliveries = true;
         std::mem::take(&mut self.inbox)
     }
 
     /// The connections delivered since the last call.
-    pub(crate) fn take_inbox(&mut self) -> Vec<TcpStream> {
+    pub(crate) fn take_inbox(&mut self) -> Vec<Conveyed> {
         std::mem::take(&mut self.inbox)
     }
 
@@ -195,7 +219,7 @@ impl FdRegistry {
                 continue;
             }
             moved.from_loop += 1;
-            moved.streams.push(copy);
+            moved.streams.push(Conveyed { stream: copy, ticket: socket.ticket.clone() });
             *entry = None;
         }
         moved
@@ -211,8 +235,15 @@ impl FdRegistry {
         for socket in self.entries.drain(..).flatten() {
             let clean = socket.try_move();
             match socket.stream.try_clone() {
-                Ok(copy) if clean => taken.clean.push(copy),
-                Ok(copy) => taken.stuck.push(copy),
+                Ok(copy) if clean => {
+                    taken.clean.push(Conveyed { stream: copy, ticket: socket.ticket.clone() })
+                }
+                Ok(copy) => {
+                    // Shut down by the supervisor: it ends here, although
+                    // the stuck thread still holds it.
+                    socket.give_back_ticket();
+                    taken.stuck.push(copy);
+                }
                 Err(err) => log::warn!("cannot duplicate a connection's socket: {err}"),
             }
         }
@@ -227,7 +258,7 @@ mod tests {
 
     fn socket(listener: &TcpListener, clients: &mut Vec<TcpStream>) -> Arc<SharedSocket> {
         clients.push(TcpStream::connect(listener.local_addr().unwrap()).unwrap());
-        Arc::new(SharedSocket::new(listener.accept().unwrap().0, false))
+        Arc::new(SharedSocket::new(listener.accept().unwrap().0, false, None))
     }
 
     #[test]
@@ -235,7 +266,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut clients = Vec::new();
         let socket = socket(&listener, &mut clients);
-        assert!(!socket.try_move(), "new connections are held");
+        assert!(socket.claim(), "the loop takes it to read");
+        assert!(!socket.try_move(), "held while claimed");
         socket.release(true);
         assert!(socket.claim(), "the loop takes it back first");
         assert!(!socket.try_move());
@@ -253,10 +285,13 @@ mod tests {
         let idle = socket(&listener, &mut clients);
         idle.release(true);
         let held = socket(&listener, &mut clients);
+        assert!(held.claim(), "being read");
         assert!(registry.insert(0, idle.clone()));
         assert!(registry.insert(1, held.clone()));
         let delivered = socket(&listener, &mut clients);
-        registry.deliver(delivered.stream.try_clone().unwrap()).unwrap();
+        let conveyed =
+            |s: &SharedSocket| Conveyed { stream: s.stream.try_clone().unwrap(), ticket: None };
+        registry.deliver(conveyed(&delivered)).unwrap();
         let moved = registry.hand_off();
         assert_eq!(
             (moved.streams.len(), moved.from_loop),
@@ -264,7 +299,7 @@ mod tests {
             "the idle one and the delivered one"
         );
         assert!(idle.is_moved() && !held.is_moved());
-        assert!(registry.deliver(delivered.stream.try_clone().unwrap()).is_err());
+        assert!(registry.deliver(conveyed(&delivered)).is_err());
         assert!(!registry.is_closed(), "a handed-off loop keeps its held connections");
         let taken = registry.take_over();
         assert_eq!((taken.clean.len(), taken.stuck.len()), (0, 1));

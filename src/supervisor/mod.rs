@@ -8,6 +8,8 @@ pub(crate) mod verdict;
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
+
+use crate::shared::Conveyed;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -173,7 +175,7 @@ struct Slot {
     /// Handed-off threads of the slot still finishing their work.
     handed_off: Vec<Watched>,
     /// Connections for the slot's next loop (delivered to one that died).
-    adopt: Vec<TcpStream>,
+    adopt: Vec<Conveyed>,
     /// When the slot was last recycled (requests close to it are merged).
     recycled_at: Option<Instant>,
     generation: u32,
@@ -251,7 +253,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         &self,
         slot: usize,
         generation: u32,
-        adopt: Vec<TcpStream>,
+        adopt: Vec<Conveyed>,
     ) -> io::Result<Running> {
         let shared = Arc::new(LoopShared::new(
             slot,
@@ -364,7 +366,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         // Should the replacement not start, its sockets die with the thread
         // that was never created; these let their clients see a close.
         let fallback: Vec<TcpStream> =
-            moved.streams.iter().filter_map(|stream| stream.try_clone().ok()).collect();
+            moved.streams.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
         let replacement = self.next_generation(slot, moved.streams);
         if replacement.is_none() {
             for stream in &fallback {
@@ -473,7 +475,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             // thread that was never created; these copies let their clients
             // see a close instead of waiting for the stuck loop.
             let fallback: Vec<TcpStream> =
-                taken.clean.iter().filter_map(|stream| stream.try_clone().ok()).collect();
+                taken.clean.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
             let replacement = self.next_generation(slot, taken.clean);
             if replacement.is_none() {
                 for stream in &fallback {
@@ -482,9 +484,9 @@ impl<F: ServiceFactory> Supervisor<F> {
             }
             replacement
         } else {
-            for stream in taken.clean {
-                if let Err(stream) = self.server.deliver(slot, stream) {
-                    let _ = stream.shutdown(Shutdown::Both);
+            for conveyed in taken.clean {
+                if let Err(refused) = self.server.deliver(slot, conveyed) {
+                    let _ = refused.stream.shutdown(Shutdown::Both);
                 }
             }
             Some(self.slots[slot].generation)
@@ -526,7 +528,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// Spawns the next generation into `slot`, serving `adopt` from the
     /// start; on failure schedules a retry (the adopted sockets are then
     /// dropped with the thread that could not start).
-    fn next_generation(&mut self, slot: usize, adopt: Vec<TcpStream>) -> Option<u32> {
+    fn next_generation(&mut self, slot: usize, adopt: Vec<Conveyed>) -> Option<u32> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
         self.slots[slot].observation = None;
