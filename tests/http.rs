@@ -443,3 +443,37 @@ fn connections_per_client_address_are_capped_and_given_back() {
         "a closed connection gives its place back"
     );
 }
+
+#[test]
+fn a_partial_request_holds_only_its_bytes() {
+    let mut config = util::config(1);
+    config.mem_interval = Duration::from_millis(20);
+    let server = util::start(config, util::hello());
+    let allocated = || server.snapshot().loops[0].memory.map_or(0, |m| m.allocated);
+    assert!(util::eventually(Duration::from_secs(10), || allocated() > 0));
+    let before = allocated();
+    let clients: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| {
+            let mut stream = util::connect(server.local_addr());
+            stream.write_all(b"GET").unwrap();
+            stream
+        })
+        .collect();
+    for mut stream in &clients {
+        // A second piece: the read that used to grow a 16 KiB buffer.
+        stream.write_all(b" /").unwrap();
+    }
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().open_connections == 500));
+    // Let the loop have read the second pieces: one more request on a
+    // fresh connection is answered after them (the loop reads in order).
+    assert_eq!(util::get(server.local_addr(), "/").unwrap().status, 200);
+    assert!(
+        util::eventually(Duration::from_secs(10), || {
+            let per_connection = allocated().saturating_sub(before) / 500;
+            per_connection < 2048
+        }),
+        "{} bytes per partial request",
+        allocated().saturating_sub(before) / 500
+    );
+    drop(clients);
+}
