@@ -306,3 +306,54 @@ fn an_admin_flood_past_the_file_limit_leaves_both_planes_serving() {
         "the flood did reach the file limit: {log:?}"
     );
 }
+
+#[test]
+fn a_handler_that_always_panics_does_not_flood_the_log() {
+    let vigil = Vigil::spawn(&["--loops", "1", "--demo", "--handoff-after", "0"]);
+    let mut client = util::Client::new(vigil.addr);
+    for _ in 0..300 {
+        client.send(b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(client.reply().status, 500);
+    }
+    // Once a second has passed, the next panic is logged again, with the
+    // count of those that were not: panic until such a line comes.
+    let deadline = std::time::Instant::now() + util::IO_TIMEOUT;
+    let mut lines = Vec::new();
+    let mut suppressed_reported = false;
+    while std::time::Instant::now() < deadline && !suppressed_reported {
+        client.send(b"GET /panic HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(client.reply().status, 500);
+        while let Ok(line) = vigil.log.recv_timeout(Duration::from_millis(50)) {
+            suppressed_reported |=
+                line.contains("handler panicked") && !line.contains("suppressed=0");
+            lines.push(line);
+        }
+    }
+    assert!(suppressed_reported, "a line says how many were not logged");
+    let panic_lines = lines.iter().filter(|l| l.contains("handler panicked")).count();
+    assert!(panic_lines <= 3 * 10, "{panic_lines} panic lines for 300+ panics");
+    assert!(
+        !lines.iter().any(|l| l.contains("panicked at")),
+        "the standard hook's report is not written for loop threads"
+    );
+}
+
+#[test]
+fn the_admin_token_can_come_from_a_file() {
+    let path = std::env::temp_dir().join(format!("vigil-token-{}", std::process::id()));
+    std::fs::write(&path, "file-token-0123456789\n").unwrap();
+    let vigil =
+        Vigil::spawn(&["--admin", "127.0.0.1:0", "--admin-token-file", path.to_str().unwrap()]);
+    let admin = vigil.admin.unwrap();
+    let post = |authorization: &str| {
+        let mut client = util::Client::new(admin);
+        client.send(
+            format!("POST /loops/0/recycle HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n{authorization}\r\n")
+                .as_bytes(),
+        );
+        client.reply().status
+    };
+    assert_eq!(post(""), 403, "a token is set: loopback alone is not enough");
+    assert_eq!(post("Authorization: Bearer file-token-0123456789\r\n"), 202);
+    let _ = std::fs::remove_file(&path);
+}
