@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 ADMIN ?= 127.0.0.1:9090
 
-.PHONY: all build run test lint fmt haproxy-test
+.PHONY: all build run test lint fmt haproxy-test hostile
 
 all: build
 
@@ -42,6 +42,13 @@ test: lint
 # Two instances behind HAProxy, one stopped under load: no failed request.
 haproxy-test:
 	scripts/haproxy-test.sh
+
+# Hostile clients against a release build, one fresh process per attack:
+# a report (RELIABILITY.md), bounded to a few minutes, 127.0.0.1 only.
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+hostile:
+	$(CARGO) build --release --locked --bin vigil
+	python3 scripts/hostile.py $(TARGET_DIR)/release/vigil
 
 fmt:
 	$(CARGO) fmt --all
