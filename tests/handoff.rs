@@ -342,3 +342,29 @@ fn a_connections_place_in_its_address_count_moves_with_it() {
         "both places given back once their connections ended"
     );
 }
+
+#[test]
+fn a_run_of_commands_does_not_put_off_the_supervisors_checks() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let mut config = config(1);
+    config.admin = Some("127.0.0.1:0".parse().unwrap());
+    let server = gated_server(config, &gate);
+    // One after another, each answered before the next: each wakes the
+    // supervisor early, and none may move its next check later (each once
+    // did, by a check interval: 2,000 of them, 20 s). One recycle is
+    // carried out, the rest are merged into it.
+    let mut admin = Client::new(server.admin_addr().unwrap());
+    for _ in 0..2000 {
+        admin.send(b"POST /loops/0/recycle HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(admin.reply().status, 202);
+    }
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().loops[0].generation == 1)
+    );
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server), "the busy loop is handed off on time after the commands");
+    gate.open();
+    assert_eq!(slow.reply().text(), "/slow");
+}

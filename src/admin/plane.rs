@@ -34,12 +34,18 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// operator need a handful. Past it a connection is answered 503 and closed.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 
+/// Accept backlog of the admin socket.
+const ADMIN_BACKLOG: i32 = 1024;
+
 /// Largest request head: admin requests are a line and a few headers.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
 
 /// Time a client has to send a whole request head, from its connection or
 /// its previous response: a slow or silent client is closed, not waited on.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a refused client may go on sending before it is cut.
+const LINGER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long accepting pauses when the process is out of file descriptors.
 const OUT_OF_FDS_PAUSE: Duration = Duration::from_millis(100);
@@ -57,6 +63,10 @@ struct AdminConn {
     deadline: Instant,
     /// Close once the output is written.
     closing: bool,
+    /// The answer is out and our side shut: what the client still sends
+    /// is read and dropped until it closes (closing on unread input would
+    /// reset the connection, which can destroy the answer in flight).
+    lingering: bool,
 }
 
 pub(super) struct Plane {
@@ -79,7 +89,12 @@ impl Plane {
         control: Control,
     ) -> io::Result<Plane> {
         let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr)?;
+        let std_listener = std::net::TcpListener::bind(addr)?;
+        // The default backlog (128) overflows under a burst, and with
+        // syncookies the overflowed clients believe they are connected.
+        crate::sys::set_backlog(&std_listener, ADMIN_BACKLOG)?;
+        std_listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(std_listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         Ok(Plane {
@@ -199,14 +214,25 @@ impl Plane {
             written: 0,
             deadline: now + REQUEST_TIMEOUT,
             closing: false,
+            lingering: false,
         });
     }
 
     fn on_event(&mut self, key: usize, now: Instant) {
         let Some(conn) = self.conns.get_mut(key) else { return };
-        let keep = read_requests(conn, now, &self.date, &self.token, &self.control)
-            && flush(conn)
-            && !(conn.closing && conn.output.is_empty());
+        let mut keep =
+            read_requests(conn, now, &self.date, &self.token, &self.control) && flush(conn);
+        if keep && conn.closing && conn.output.is_empty() && !conn.lingering {
+            if conn.input.is_empty() {
+                keep = false;
+            } else {
+                let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+                conn.lingering = true;
+                conn.input = Vec::new();
+                conn.deadline = now + LINGER_TIMEOUT;
+                keep = discard_input(conn);
+            }
+        }
         if !keep {
             self.close(key);
         }
@@ -245,6 +271,9 @@ fn read_requests(
 ) -> bool {
     let mut chunk = [0u8; 4096];
     loop {
+        if conn.lingering {
+            return discard_input(conn);
+        }
         if conn.closing {
             // Nothing after a closing response is read: not a request, and
             // not a body to be taken for one.
@@ -316,6 +345,23 @@ fn answer_complete(
         conn.input.drain(..used);
         conn.deadline = now + REQUEST_TIMEOUT;
         conn.closing = !keep_alive;
+    }
+}
+
+/// Reads and drops what a lingering client sends; false once it has
+/// closed (or failed), when the connection can go.
+fn discard_input(conn: &mut AdminConn) -> bool {
+    let mut chunk = [0u8; 4096];
+    loop {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(err) => match sort_io_error(&err) {
+                IoVerdict::Wait => return true,
+                IoVerdict::Retry => {}
+                _ => return false,
+            },
+        }
     }
 }
 
