@@ -14,10 +14,16 @@ use crate::util::{self, Client};
 /// Holds `/slow` requests until the test opens it. Opens on drop, so that
 /// no handler outlives a failed test.
 #[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
+struct Gate(Arc<(Mutex<bool>, Condvar)>, Arc<AtomicU64>);
 
 impl Gate {
+    /// Handlers that have reached the gate.
+    fn reached(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
     fn wait(&self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
         let (open, changed) = &*self.0;
         let mut open = open.lock().unwrap();
         while !*open {
@@ -367,4 +373,28 @@ fn a_run_of_commands_does_not_put_off_the_supervisors_checks() {
     assert!(handed_off(&server), "the busy loop is handed off on time after the commands");
     gate.open();
     assert_eq!(slow.reply().text(), "/slow");
+}
+
+#[test]
+fn a_recycled_loop_stuck_in_a_handler_is_given_up() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let mut config = config(1);
+    config.handoff_after = Duration::ZERO;
+    config.stall_timeout = Duration::from_millis(300);
+    let server = gated_server(config, &gate);
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(util::eventually(Duration::from_secs(10), || gate.reached() == 1));
+    // Recycled while its handler is stuck: it cannot drain, so the
+    // supervisor must still give it up at the stall timeout.
+    server.recycle(0).unwrap();
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().abandoned_alive == 1),
+        "the stuck recycled loop is given up"
+    );
+    assert!(slow.is_closed(), "its client sees a close");
+    assert_eq!(util::get(server.local_addr(), "/alive").unwrap().text(), "/alive");
+    gate.open();
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().reclaimed == 1));
 }

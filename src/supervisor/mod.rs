@@ -189,7 +189,7 @@ struct Supervisor<F> {
     factory: Arc<F>,
     slots: Vec<Slot>,
     /// Loops recycled gracefully and still finishing their connections.
-    retiring: Vec<Running>,
+    retiring: Vec<Watched>,
     /// Stalled loops given up on, whose threads may still return.
     abandoned: Vec<Running>,
     intensity: RestartIntensity,
@@ -291,7 +291,7 @@ impl<F: ServiceFactory> Supervisor<F> {
     /// Every loop that serves or finishes serving: current, handed off
     /// and retiring.
     fn live(&self) -> impl Iterator<Item = &Running> {
-        self.current().chain(self.handed_off()).chain(&self.retiring)
+        self.current().chain(self.handed_off()).chain(self.retiring.iter().map(|w| &w.running))
     }
 
     /// Handed-off threads still finishing their work.
@@ -314,7 +314,31 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
     }
 
+    /// Gives up on recycled loops stuck in a handler past the stall timeout.
+    fn check_retiring(&mut self, now: Instant) {
+        let thresholds = Thresholds { handoff_after: Duration::ZERO, ..self.thresholds() };
+        let mut index = 0;
+        while index < self.retiring.len() {
+            let watched = &mut self.retiring[index];
+            if watched.running.thread.is_finished() {
+                index += 1; // drained: `reap` takes it
+                continue;
+            }
+            let word = watched.running.shared.heartbeat.read();
+            let (observation, verdict) = judge(watched.observation, word, now, thresholds);
+            watched.observation = Some(observation);
+            if let Verdict::Stalled { stuck_for } = verdict {
+                let stuck = self.retiring.remove(index).running;
+                let slot = stuck.shared.slot;
+                self.give_up(slot, stuck, stuck_for, now);
+                continue;
+            }
+            index += 1;
+        }
+    }
+
     fn check_loops(&mut self, now: Instant) {
+        self.check_retiring(now);
         let thresholds = self.thresholds();
         for slot in 0..self.slots.len() {
             self.check_handed_off(slot, now);
@@ -624,7 +648,10 @@ impl<F: ServiceFactory> Supervisor<F> {
             old.shared.name(),
             replacement.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
         );
-        self.retiring.push(old);
+        // Watched like any loop: one stuck in a handler never drains, and
+        // would hold its connections until the process ends.
+        let observation = self.slots[slot].observation;
+        self.retiring.push(Watched { running: old, observation });
         self.slots[slot].mem_warned = false;
         self.publish_loops();
     }
@@ -642,7 +669,7 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     /// Joins retired loops and abandoned threads that came back.
     fn reap(&mut self, now: Instant) {
-        self.retiring.retain(|r| !r.thread.is_finished());
+        self.retiring.retain(|w| !w.running.thread.is_finished());
         let before = self.abandoned.len();
         self.abandoned.retain(|r| {
             if !r.thread.is_finished() {
