@@ -107,7 +107,29 @@ fn the_admin_token_is_required_when_set() {
         .0,
         202
     );
+    assert_eq!(
+        admin(
+            addr,
+            "POST",
+            "/loops/0/recycle",
+            "Authorization: bEaReR s3cret-token-0123456789\r\n"
+        )
+        .0,
+        202,
+        "the scheme is case-insensitive (RFC 9110 11.1)"
+    );
     assert_eq!(admin(addr, "GET", "/healthz", "").0, 200, "reads need no token");
+}
+
+#[test]
+fn an_admin_plane_on_all_addresses_treats_mapped_ipv4_loopback_as_loopback() {
+    let mut config = util::config(1);
+    // `[::]` takes IPv4 clients too, as ::ffff:127.0.0.1.
+    config.admin = Some("[::]:0".parse().unwrap());
+    let server = util::start(config, util::hello());
+    let port = server.admin_addr().unwrap().port();
+    let ipv4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(admin(ipv4, "POST", "/loops/0/recycle", "").0, 202, "loopback may change state");
 }
 
 /// Reads until the admin plane closes the connection; what it sent.

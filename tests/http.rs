@@ -477,3 +477,70 @@ fn a_partial_request_holds_only_its_bytes() {
     );
     drop(clients);
 }
+
+#[test]
+fn a_client_that_does_not_read_large_responses_is_closed_at_its_deadline() {
+    let mut config = util::config(1);
+    config.header_timeout = Duration::from_millis(300);
+    config.keep_alive_timeout = Duration::from_millis(300);
+    let server = util::start(config, |_| {
+        |_req: &vigil::Request<'_>, res: &mut vigil::Response| {
+            res.body(vec![b'x'; 1 << 20]);
+        }
+    });
+    let mut stream = util::connect(server.local_addr());
+    // Twenty responses of 1 MiB, more than the socket buffers hold, then
+    // the start of another request; and the client never reads. The
+    // server must not keep it open answering 408s nobody reads.
+    let mut requests = Vec::new();
+    for _ in 0..20 {
+        requests.extend_from_slice(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    requests.extend_from_slice(b"GET /big HT");
+    stream.write_all(&requests).unwrap();
+    // Served: the first response is on its way (the loop counts requests
+    // once per wake-up).
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().totals.requests >= 1));
+    assert_eq!(server.snapshot().open_connections, 1);
+    assert!(
+        util::eventually(Duration::from_secs(10), || server.snapshot().open_connections == 0),
+        "closed at its deadline"
+    );
+    drop(stream);
+}
+
+#[test]
+fn a_new_connections_head_deadline_counts_from_accept() {
+    let mut config = util::config(1);
+    config.header_timeout = Duration::from_millis(400);
+    let server = util::start(config, util::hello());
+    let addr = server.local_addr();
+    let (order_tx, order) = crossbeam_channel::unbounded();
+    let watch = |name: &'static str, stream: std::net::TcpStream| {
+        let order_tx = order_tx.clone();
+        std::thread::spawn(move || {
+            let mut client = Client::from_stream(stream);
+            let status = client.reply_to("GET").map(|reply| reply.status).ok();
+            let _ = order_tx.send((name, status));
+        })
+    };
+    // `early` connects first and sends one byte at 0.9 of the header
+    // timeout; `late` connects half a timeout later and sends nothing.
+    let mut early = util::connect(addr);
+    // sleep-ok: paces the slow clients; the assertion is on the order of
+    // what the server does, not on a time.
+    std::thread::sleep(Duration::from_millis(200));
+    let late = util::connect(addr);
+    std::thread::sleep(Duration::from_millis(160));
+    early.write_all(b"G").unwrap();
+    let watchers = [watch("early", early.try_clone().unwrap()), watch("late", late)];
+    // Counted from accept, `early` is due at 1.0 timeout, before `late`
+    // (1.5); counted from its first byte it would be due at 1.9.
+    let first = order.recv_timeout(util::IO_TIMEOUT).unwrap();
+    assert_eq!(first, ("early", Some(408)), "the head's time started at accept");
+    let second = order.recv_timeout(util::IO_TIMEOUT).unwrap();
+    assert_eq!(second.0, "late");
+    for watcher in watchers {
+        watcher.join().unwrap();
+    }
+}
