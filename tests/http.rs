@@ -531,6 +531,7 @@ fn a_new_connections_head_deadline_counts_from_accept() {
     // what the server does, not on a time.
     std::thread::sleep(Duration::from_millis(200));
     let late = util::connect(addr);
+    // sleep-ok: the same pacing, up to 0.9 of the timeout.
     std::thread::sleep(Duration::from_millis(160));
     early.write_all(b"G").unwrap();
     let watchers = [watch("early", early.try_clone().unwrap()), watch("late", late)];

@@ -7,7 +7,7 @@
 //! silent clients (a deadline per request), and requests hidden in a body
 //! (a body is refused and the connection closed, never parsed as a request).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -19,6 +19,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use super::routes::{route, Access};
+use crate::conn::io as socket_io;
 use crate::control::Control;
 use crate::http::date::DateCache;
 use crate::http::request::{parse_head, Framing};
@@ -279,14 +280,10 @@ fn read_requests(
             // not a body to be taken for one.
             return true;
         }
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => return false,
-            Ok(n) => conn.input.extend_from_slice(&chunk[..n]),
-            Err(err) => match sort_io_error(&err) {
-                IoVerdict::Wait => return true,
-                IoVerdict::Retry => continue,
-                _ => return false,
-            },
+        match socket_io::read(&conn.stream, &mut chunk) {
+            Ok(None) => return true,
+            Ok(Some(0)) | Err(_) => return false,
+            Ok(Some(n)) => conn.input.extend_from_slice(&chunk[..n]),
         }
         answer_complete(conn, now, date, token, control);
         if conn.output.len() > MAX_OUTPUT_BYTES {
@@ -353,33 +350,24 @@ fn answer_complete(
 fn discard_input(conn: &mut AdminConn) -> bool {
     let mut chunk = [0u8; 4096];
     loop {
-        match conn.stream.read(&mut chunk) {
-            Ok(0) => return false,
-            Ok(_) => {}
-            Err(err) => match sort_io_error(&err) {
-                IoVerdict::Wait => return true,
-                IoVerdict::Retry => {}
-                _ => return false,
-            },
+        match socket_io::read(&conn.stream, &mut chunk) {
+            Ok(None) => return true,
+            Ok(Some(0)) | Err(_) => return false,
+            Ok(Some(_)) => {}
         }
     }
 }
 
 /// Writes what the socket takes; false on a write error.
 fn flush(conn: &mut AdminConn) -> bool {
-    while conn.written < conn.output.len() {
-        match conn.stream.write(&conn.output[conn.written..]) {
-            Ok(0) => return false,
-            Ok(n) => conn.written += n,
-            Err(err) => match sort_io_error(&err) {
-                IoVerdict::Wait => return true,
-                IoVerdict::Retry => {}
-                _ => return false,
-            },
-        }
+    match socket_io::write_nonblocking(&conn.stream, &conn.output[conn.written..]) {
+        Ok(n) => conn.written += n,
+        Err(_) => return false,
     }
-    conn.output.clear();
-    conn.written = 0;
+    if conn.written == conn.output.len() {
+        conn.output.clear();
+        conn.written = 0;
+    }
     true
 }
 

@@ -19,7 +19,7 @@ pub(super) enum ReadResult {
 }
 
 /// One read; `Ok(None)` when the socket has nothing for now.
-pub(super) fn read(mut stream: &TcpStream, buf: &mut [u8]) -> Result<Option<usize>, IoVerdict> {
+pub(crate) fn read(mut stream: impl Read, buf: &mut [u8]) -> Result<Option<usize>, IoVerdict> {
     loop {
         match stream.read(buf) {
             Ok(n) => return Ok(Some(n)),
@@ -34,7 +34,7 @@ pub(super) fn read(mut stream: &TcpStream, buf: &mut [u8]) -> Result<Option<usiz
 
 /// Writes as much of `buf` as the socket takes; `Ok(n)` with `n < len`
 /// means it would block.
-pub(super) fn write_nonblocking(mut stream: &TcpStream, buf: &[u8]) -> Result<usize, IoVerdict> {
+pub(crate) fn write_nonblocking(mut stream: impl Write, buf: &[u8]) -> Result<usize, IoVerdict> {
     let mut written = 0;
     while written < buf.len() {
         match stream.write(&buf[written..]) {

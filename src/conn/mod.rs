@@ -11,7 +11,7 @@
 //! `io` does the socket calls.
 
 mod context;
-mod io;
+pub(crate) mod io;
 mod queue;
 
 use std::mem::MaybeUninit;

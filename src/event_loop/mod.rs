@@ -182,7 +182,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         let _ = ready.send(());
         drop(ready);
         self.cx.now = Instant::now();
-        self.add_conns(adopt.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
+        self.adopt(adopt);
         let mut events = Events::with_capacity(1024);
         loop {
             self.wait(&mut events)?;
@@ -361,7 +361,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             if let Err(kept) = self.server.deliver(self.cx.shared.slot, conveyed) {
                 // No loop of the slot takes connections right now: keep
                 // serving it, and try again after its next request.
-                self.add_conns([(kept.stream, Origin::Adopted(kept.ticket))]);
+                self.adopt([kept]);
             }
         }
     }
@@ -369,7 +369,7 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// Serves the connections other loops of the slot handed over.
     fn adopt_inbox(&mut self) {
         let delivered = self.cx.shared.registry().take_inbox();
-        self.add_conns(delivered.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
+        self.adopt(delivered);
     }
 
     /// While draining: done once no connection is left, or at the deadline.
@@ -409,14 +409,8 @@ impl<F: ServiceFactory> EventLoop<F> {
     /// Accepts a batch, sets the connections up, then lets the accept
     /// policy share the rest with the other loops.
     fn accept_and_share(&mut self) {
-        let mut accepted = std::mem::take(&mut self.accepted);
-        let (now, shared) = (self.cx.now, &self.cx.shared);
-        let backlog_left =
-            self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
-        self.add_conns(accepted.drain(..).map(|stream| (stream, Origin::Accepted)));
-        self.accepted = accepted;
-        let mine = self.conns.len();
-        let shared = &self.cx.shared;
+        let backlog_left = self.accept_batch();
+        let (now, mine, shared) = (self.cx.now, self.conns.len(), &self.cx.shared);
         self.acceptor.share(&self.poll, &self.server, shared, now, mine, backlog_left);
     }
 
@@ -424,16 +418,26 @@ impl<F: ServiceFactory> EventLoop<F> {
     fn accept_backlog(&mut self) {
         while self.acceptor.is_listening() {
             self.acceptor.new_batch();
-            let mut accepted = std::mem::take(&mut self.accepted);
-            let (now, shared) = (self.cx.now, &self.cx.shared);
-            let more =
-                self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
-            self.add_conns(accepted.drain(..).map(|stream| (stream, Origin::Accepted)));
-            self.accepted = accepted;
-            if !more {
+            if !self.accept_batch() {
                 break;
             }
         }
+    }
+
+    /// Accepts one batch and sets its connections up; true when the
+    /// backlog may hold more.
+    fn accept_batch(&mut self) -> bool {
+        let mut accepted = std::mem::take(&mut self.accepted);
+        let (now, shared) = (self.cx.now, &self.cx.shared);
+        let more = self.acceptor.accept_batch(&self.poll, &self.server, shared, now, &mut accepted);
+        self.add_conns(accepted.drain(..).map(|stream| (stream, Origin::Accepted)));
+        self.accepted = accepted;
+        more
+    }
+
+    /// Serves connections other loops of the slot handed over.
+    fn adopt(&mut self, conveyed: impl IntoIterator<Item = Conveyed>) {
+        self.add_conns(conveyed.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
     }
 
     /// Sets up every connection of `batch`, then reads each.
@@ -647,7 +651,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         // Other loops deliver no more connections here; those already
         // delivered are served (their responses close them).
         let delivered = self.cx.shared.registry().close_inbox();
-        self.add_conns(delivered.into_iter().map(|c| (c.stream, Origin::Adopted(c.ticket))));
+        self.adopt(delivered);
         if self.server.draining.load(Relaxed) {
             // The whole server stops: clients that connected before the
             // signal are in the backlog and must be served, not reset when

@@ -8,8 +8,6 @@ pub(crate) mod verdict;
 
 use std::io;
 use std::net::{Shutdown, TcpStream};
-
-use crate::shared::Conveyed;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -20,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::event_loop;
 use crate::memory;
 use crate::shared::{
-    lock, panic_message, Command, Fate, LoopShared, LoopState, MemoryReport, ServerShared,
+    lock, panic_message, Command, Conveyed, Fate, LoopShared, LoopState, MemoryReport, ServerShared,
 };
 use crate::sys;
 use crate::ServiceFactory;
@@ -47,11 +45,6 @@ const SUPERVISOR_SLICE: Duration = Duration::from_micros(100);
 /// Past this multiple of `--mem-limit` a loop is not drained (which goes on
 /// reading its clients' next requests) but handed off at once.
 const MEM_LIMIT_HARD_MULTIPLE: u64 = 2;
-
-/// The memory limit in force (only called when one is set).
-fn config_limit(config: &crate::config::Config) -> u64 {
-    config.mem_limit.unwrap_or(u64::MAX)
-}
 
 /// A recycle requested within this long of the slot's last recycle is
 /// merged into it: at most one requested recycle per slot per second.
@@ -161,11 +154,26 @@ struct Running {
     thread: JoinHandle<()>,
 }
 
-/// A handed-off thread and what the supervisor last saw of it.
+/// A loop that is no longer its slot's current one (handed off, or
+/// retiring) and what the supervisor last saw of it.
 #[derive(Debug)]
 struct Watched {
     running: Running,
     observation: Option<Observation>,
+}
+
+impl Watched {
+    /// Samples the heartbeat; how long the loop has been stuck, once that
+    /// is past the stall timeout in `thresholds`.
+    fn stalled(&mut self, now: Instant, thresholds: Thresholds) -> Option<Duration> {
+        let word = self.running.shared.heartbeat.read();
+        let (observation, verdict) = judge(self.observation, word, now, thresholds);
+        self.observation = Some(observation);
+        match verdict {
+            Verdict::Stalled { stuck_for } => Some(stuck_for),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -324,10 +332,7 @@ impl<F: ServiceFactory> Supervisor<F> {
                 index += 1; // drained: `reap` takes it
                 continue;
             }
-            let word = watched.running.shared.heartbeat.read();
-            let (observation, verdict) = judge(watched.observation, word, now, thresholds);
-            watched.observation = Some(observation);
-            if let Verdict::Stalled { stuck_for } = verdict {
+            if let Some(stuck_for) = watched.stalled(now, thresholds) {
                 let stuck = self.retiring.remove(index).running;
                 let slot = stuck.shared.slot;
                 self.give_up(slot, stuck, stuck_for, now);
@@ -396,17 +401,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         old.shared.open_connections.fetch_sub(moved.from_loop, Relaxed);
         let migrated = moved.streams.len();
         let observation = self.slots[slot].observation;
-        // Should the replacement not start, its sockets die with the thread
-        // that was never created; these let their clients see a close.
-        let fallback: Vec<TcpStream> =
-            moved.streams.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
-        let replacement = self.next_generation(slot, moved.streams);
-        if replacement.is_none() {
-            for stream in &fallback {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-        drop(fallback);
+        let replacement = self.next_generation_adopting(slot, moved.streams);
         self.slots[slot].handed_off.push(Watched { running: old, observation });
         self.publish_loops();
         let old = &self.slots[slot].handed_off.last().expect("just pushed").running;
@@ -457,10 +452,7 @@ impl<F: ServiceFactory> Supervisor<F> {
                 self.publish_loops();
                 continue;
             }
-            let word = watched.running.shared.heartbeat.read();
-            let (observation, verdict) = judge(watched.observation, word, now, thresholds);
-            watched.observation = Some(observation);
-            if let Verdict::Stalled { stuck_for } = verdict {
+            if let Some(stuck_for) = watched.stalled(now, thresholds) {
                 let stuck = self.slots[slot].handed_off.remove(index);
                 self.give_up(slot, stuck.running, stuck_for, now);
                 continue;
@@ -504,18 +496,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         };
         let migrated = taken.clean.len();
         let replaced_by = if self.slots[slot].running.is_none() {
-            // If the replacement cannot start, its sockets die with the
-            // thread that was never created; these copies let their clients
-            // see a close instead of waiting for the stuck loop.
-            let fallback: Vec<TcpStream> =
-                taken.clean.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
-            let replacement = self.next_generation(slot, taken.clean);
-            if replacement.is_none() {
-                for stream in &fallback {
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
-            }
-            replacement
+            self.next_generation_adopting(slot, taken.clean)
         } else {
             for conveyed in taken.clean {
                 if let Err(refused) = self.server.deliver(slot, conveyed) {
@@ -576,6 +557,23 @@ impl<F: ServiceFactory> Supervisor<F> {
                 None
             }
         }
+    }
+
+    /// `next_generation` for a loop that takes over connections from one
+    /// given up on or handed off. If it cannot start, those sockets die
+    /// with the thread that was never created, which does not close them
+    /// for their clients (the old thread holds its own fds): copies taken
+    /// first are shut down instead, so the clients see a close.
+    fn next_generation_adopting(&mut self, slot: usize, adopt: Vec<Conveyed>) -> Option<u32> {
+        let fallback: Vec<TcpStream> =
+            adopt.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
+        let replacement = self.next_generation(slot, adopt);
+        if replacement.is_none() {
+            for stream in &fallback {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        replacement
     }
 
     fn loop_died(&mut self, slot: usize, now: Instant) {
@@ -724,15 +722,14 @@ impl<F: ServiceFactory> Supervisor<F> {
                 }
                 state.mem_warned = crossing.is_over();
             }
-            if config.mem_limit.is_some_and(|limit| stats.allocated > limit) {
-                over_limit.push((slot, stats.allocated));
+            if let Some(limit) = config.mem_limit.filter(|&limit| stats.allocated > limit) {
+                over_limit.push((slot, stats.allocated, limit));
             }
         }
         *lock(&self.server.memory) =
             MemoryReport { process: Some(memory::process_memory()), arenas };
         let now = Instant::now();
-        for (slot, allocated) in over_limit {
-            let limit = config_limit(&self.server.config);
+        for (slot, allocated, limit) in over_limit {
             let far_over = allocated > limit.saturating_mul(MEM_LIMIT_HARD_MULTIPLE);
             if far_over && self.slots[slot].handed_off.len() < self.server.config.max_handed_off {
                 // A drain would still read the requests its keep-alive
