@@ -463,34 +463,46 @@ def case_smuggled_recycle(binary):
     return figure, probe, bad
 
 
+def keepalive_storm(addr, req, total, conns, batch, limit_s=40):
+    """Sends `req` `total` times over `conns` keep-alive connections, taking
+    turns, `batch` pipelined at a time, reading every response; a connection
+    the server closes is counted and opened anew. Returns (statuses,
+    reconnects)."""
+    socks = [socket.create_connection(addr, timeout=3) for _ in range(conns)]
+    readers = [Reader(s) for s in socks]
+    statuses, reconnects, done = {}, 0, 0
+    t0 = now()
+    try:
+        while done < total and now() - t0 < limit_s:
+            k = (done // batch) % conns
+            n = min(batch, total - done)
+            try:
+                socks[k].sendall(req * n)
+                for _ in range(n):
+                    st, _, _ = readers[k].response(now() + 5)
+                    statuses[st] = statuses.get(st, 0) + 1
+                    done += 1
+            except (OSError, ValueError):
+                reconnects += 1
+                socks[k].close()
+                socks[k] = socket.create_connection(addr, timeout=3)
+                readers[k] = Reader(socks[k])
+    finally:
+        close_all(socks)
+    return statuses, reconnects
+
+
 def case_recycle_storm(binary):
     with Vigil(binary) as v:
         rss0 = v.rss_kib()
         total, conns = 2000, 4
         req = b"POST /loops/recycle HTTP/1.1\r\nHost: hostile\r\nContent-Length: 0\r\n\r\n"
-        socks = [socket.create_connection(v.admin, timeout=3) for _ in range(conns)]
-        readers = [Reader(s) for s in socks]
-        statuses, reconnects, done = {}, 0, 0
         t0 = now()
-        try:
-            # One request at a time, taking turns over the connections, as
-            # a script calling the route in a loop would.
-            while done < total and now() - t0 < 40:
-                k = done % conns
-                try:
-                    socks[k].sendall(req)
-                    st, _, _ = readers[k].response(now() + 5)
-                    statuses[st] = statuses.get(st, 0) + 1
-                    done += 1
-                except (OSError, ValueError):
-                    # A connection the plane closed: count it, go on anew.
-                    reconnects += 1
-                    socks[k].close()
-                    socks[k] = socket.create_connection(v.admin, timeout=3)
-                    readers[k] = Reader(socks[k])
-        finally:
-            close_all(socks)
+        # One request at a time, taking turns over the connections, as a
+        # script calling the route in a loop would.
+        statuses, reconnects = keepalive_storm(v.admin, req, total, conns, batch=1)
         storm_s = now() - t0
+        done = sum(statuses.values())
         time.sleep(1.5)
         probe = Probe(v.addr).run()
         recycled = recycled_from_metrics(v.admin)
@@ -861,30 +873,10 @@ def case_panic_log(binary):
         lines0 = v.log_text().count("\n")
         total, conns, batch = 5000, 4, 50
         req = b"GET /panic HTTP/1.1\r\nHost: hostile\r\n\r\n"
-        socks = [socket.create_connection(v.addr, timeout=3) for _ in range(conns)]
-        readers = [Reader(s) for s in socks]
-        statuses, reconnects, done = {}, 0, 0
         t0 = now()
-        try:
-            while done < total and now() - t0 < 40:
-                for k in range(conns):
-                    n = min(batch, total - done)
-                    if n <= 0:
-                        break
-                    try:
-                        socks[k].sendall(req * n)
-                        for _ in range(n):
-                            st, _, _ = readers[k].response(now() + 5)
-                            statuses[st] = statuses.get(st, 0) + 1
-                            done += 1
-                    except (OSError, ValueError):
-                        reconnects += 1
-                        socks[k].close()
-                        socks[k] = socket.create_connection(v.addr, timeout=3)
-                        readers[k] = Reader(socks[k])
-        finally:
-            close_all(socks)
+        statuses, reconnects = keepalive_storm(v.addr, req, total, conns, batch)
         elapsed = now() - t0
+        done = sum(statuses.values())
         time.sleep(0.5)
         size1 = v.log_bytes()
         lines1 = v.log_text().count("\n")

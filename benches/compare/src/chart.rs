@@ -68,14 +68,7 @@ pub fn bench(path: &Path, rows: &[Summary]) -> crate::Result<()> {
             .disable_x_mesh()
             .light_line_style(WHITE)
             .x_labels(g + 1)
-            .x_label_formatter(&|x| {
-                let i = x.round();
-                if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-                    labels[i as usize].clone()
-                } else {
-                    String::new()
-                }
-            })
+            .x_label_formatter(&|x| category_label(&labels, *x))
             .y_label_formatter(&|y| {
                 if *y >= 1.0 {
                     format!("{y:.0}")
@@ -228,14 +221,7 @@ pub fn slow(path: &Path, cfg: &Config, rows: &[SlowSummary]) -> crate::Result<()
         .disable_x_mesh()
         .light_line_style(WHITE)
         .x_labels(n + 1)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-                labels[i as usize].to_owned()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|x| category_label(&labels, *x))
         .y_desc("microseconds")
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
@@ -282,4 +268,15 @@ pub fn slow(path: &Path, cfg: &Config, rows: &[SlowSummary]) -> crate::Result<()
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// The label of the category at `x` on a categorical axis (categories at
+/// 0, 1, 2...), empty between them.
+fn category_label<T: AsRef<str>>(labels: &[T], x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
+        labels[i as usize].as_ref().to_owned()
+    } else {
+        String::new()
+    }
 }
