@@ -3,7 +3,7 @@ CARGO ?= cargo
 LISTEN ?= 127.0.0.1:8080
 ADMIN ?= 127.0.0.1:9090
 
-.PHONY: all build run test lint fmt haproxy-test hostile
+.PHONY: all build run test lint fmt haproxy-test hostile upgrade-test
 
 all: build
 
@@ -42,6 +42,11 @@ test: lint
 # Two instances behind HAProxy, one stopped under load: no failed request.
 haproxy-test:
 	scripts/haproxy-test.sh
+
+# wrk with 64 connections while the binary is replaced and SIGUSR2'd twice:
+# no failed request, and the serving process runs the new file.
+upgrade-test:
+	scripts/upgrade-test.sh
 
 # Hostile clients against a release build, one fresh process per attack:
 # a report (RELIABILITY.md), bounded to a few minutes, 127.0.0.1 only.

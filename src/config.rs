@@ -76,6 +76,9 @@ pub struct Config {
     pub offload_threads: usize,
     /// Jobs the offload pool queues before answering 503.
     pub offload_queue: usize,
+    /// How long a new process started by an upgrade (SIGUSR2) has to say it
+    /// serves; past it, this one stops it and goes on serving.
+    pub upgrade_timeout: Duration,
     /// Address of the admin plane (metrics, health, recycle); off when `None`.
     pub admin: Option<SocketAddr>,
     /// Bearer token for the admin plane's state-changing routes; without
@@ -110,6 +113,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
+            upgrade_timeout: Duration::from_secs(30),
             mem_interval: Duration::from_secs(1),
             mem_warn: None,
             mem_limit: None,
@@ -183,6 +187,7 @@ impl Config {
             ("header timeout", self.header_timeout),
             ("keep-alive timeout", self.keep_alive_timeout),
             ("restart window", self.restart_window),
+            ("upgrade timeout", self.upgrade_timeout),
             ("memory interval", self.mem_interval),
         ] {
             if value.is_zero() {

@@ -83,11 +83,30 @@ impl Control {
         }
     }
 
-    /// Ready for traffic: not shutting down.
+    /// Ready for traffic: not shutting down, or draining after handing the
+    /// socket to a new process (which serves it: a health checker must not
+    /// take the host out of service meanwhile).
     pub fn is_ready(&self) -> bool {
-        !self.shared.draining.load(Relaxed)
-            && !self.shared.stop_now.load(Relaxed)
-            && !self.shared.shutdown_pending.load(Relaxed)
+        let shutting_down = self.shared.draining.load(Relaxed)
+            || self.shared.stop_now.load(Relaxed)
+            || self.shared.shutdown_pending.load(Relaxed);
+        !shutting_down || self.handed_over_to().is_some()
+    }
+
+    /// The pid of the process this one handed its sockets to, once it
+    /// serves them (this one then drains).
+    pub fn handed_over_to(&self) -> Option<u32> {
+        Some(self.shared.successor.load(Relaxed)).filter(|&pid| pid != 0)
+    }
+
+    /// Process `pid` serves the sockets now: drain at once, staying ready.
+    pub(crate) fn hand_over(&self, pid: u32) {
+        self.shared.successor.store(pid, Relaxed);
+        self.send(Command::HandOver);
+    }
+
+    pub(crate) fn server(&self) -> &Arc<ServerShared> {
+        &self.shared
     }
 
     /// Healthy: at least one loop serves and the abandoned-thread budget is

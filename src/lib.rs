@@ -42,6 +42,7 @@ mod config;
 mod conn;
 mod control;
 mod event_loop;
+pub mod handover;
 mod http;
 #[allow(unsafe_code)]
 mod memory;
@@ -57,6 +58,7 @@ mod sys;
 
 pub use config::{default_loops, parse_duration, parse_size, Config, ConfigError};
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
+pub use handover::{InheritError, Inherited};
 pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use panics::quiet_handler_panics;

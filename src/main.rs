@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vigil::{parse_duration, parse_size, Config, Limits, Outcome, Server};
+use vigil::{parse_duration, parse_size, Config, Inherited, Limits, Outcome, Server};
 
 // jemalloc because each loop gets an arena of its own, which is how the
 // supervisor sees per-loop memory; the system allocator has no such figure.
@@ -89,6 +89,12 @@ struct Args {
     /// On SIGTERM, keep accepting this long with /readyz at 503 before draining (for load balancers).
     #[arg(long, env = "VIGIL_SHUTDOWN_DELAY", default_value = "0s", value_parser = duration)]
     shutdown_delay: Duration,
+    /// A new process started by SIGUSR2 must be serving within this, or it is stopped.
+    #[arg(long, env = "VIGIL_UPGRADE_TIMEOUT", default_value = "30s", value_parser = duration)]
+    upgrade_timeout: Duration,
+    /// Write the serving process's pid here (replaced by the new process on an upgrade).
+    #[arg(long, env = "VIGIL_PID_FILE")]
+    pid_file: Option<std::path::PathBuf>,
     /// How often per-loop memory is read.
     #[arg(long, env = "VIGIL_MEM_INTERVAL", default_value = "1s", value_parser = duration)]
     mem_interval: Duration,
@@ -187,6 +193,7 @@ impl Args {
             drain_timeout: self.drain_timeout,
             shutdown_timeout: self.shutdown_timeout,
             shutdown_delay: self.shutdown_delay,
+            upgrade_timeout: self.upgrade_timeout,
             mem_interval: self.mem_interval,
             mem_warn: self.mem_warn,
             mem_limit: self.mem_limit,
@@ -208,6 +215,11 @@ fn main() -> ExitCode {
     env_logger::Builder::new()
         .parse_env(env_logger::Env::default().default_filter_or("info"))
         .init();
+    // First, while this is the only thread: it edits the environment.
+    let inherited = match Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(err) => return usage_error(&err.to_string()),
+    };
     let args = match Args::try_parse() {
         Ok(args) => args,
         Err(err) if !err.use_stderr() => {
@@ -221,7 +233,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return usage_error(&message),
     };
-    match run(config, &args) {
+    match run(config, &args, inherited) {
         Ok(Outcome::Stopped) => ExitCode::SUCCESS,
         Ok(Outcome::AbandonedBudgetExceeded) => ExitCode::from(EXIT_ABANDONED_BUDGET),
         Err(message) => {
@@ -239,14 +251,54 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(config: Config, args: &Args) -> Result<Outcome, String> {
+fn run(config: Config, args: &Args, mut inherited: Inherited) -> Result<Outcome, String> {
     let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall };
     let signals = vigil::signals::SignalWatch::register()
         .map_err(|err| format!("cannot watch signals: {err}"))?;
-    let handle = Server::new(move |slot| demo::App::new(slot, options))
-        .config(config)
-        .start()
-        .map_err(|err| err.to_string())?;
+    log::info!("vigil {} pid={}", env!("CARGO_PKG_VERSION"), std::process::id());
+    let admin_wanted = config.admin.is_some();
+    let mut server = Server::new(move |slot| demo::App::new(slot, options)).config(config);
+    if let Some(listener) = inherited.take_http() {
+        server = server.listener(listener);
+    }
+    match inherited.take_admin() {
+        Some(listener) if admin_wanted => server = server.admin_listener(listener),
+        Some(_) => log::warn!("inherited admin socket closed: --admin is not set"),
+        None => {}
+    }
+    let handle = server.start().map_err(|err| err.to_string())?;
     signals.spawn(handle.control()).map_err(|err| format!("cannot watch signals: {err}"))?;
-    Ok(handle.wait())
+    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
+    inherited.announce_ready();
+    let outcome = handle.wait();
+    drop(pid_file);
+    Ok(outcome)
+}
+
+/// A file naming the serving process. Written whole (a temporary file
+/// renamed over it); removed at exit only if it still names this process,
+/// since after an upgrade it names the new one.
+struct PidFile {
+    path: std::path::PathBuf,
+    contents: String,
+}
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> Result<PidFile, String> {
+        let contents = format!("{}\n", std::process::id());
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        std::fs::write(&temporary, &contents)
+            .and_then(|()| std::fs::rename(&temporary, path))
+            .map_err(|err| format!("cannot write --pid-file {}: {err}", path.display()))?;
+        Ok(PidFile { path: path.to_owned(), contents })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|now| now == self.contents) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use crate::config::{Config, ConfigError};
 use crate::control::{Control, Snapshot, UnknownSlot};
 use crate::shared::{Histogram, MemoryReport, PeerCounts, ServerShared, SlotCounters};
 use crate::supervisor::{self, Outcome};
-use crate::{admin, offload, sys, Limits, ServiceFactory};
+use crate::{admin, handover, offload, sys, Limits, ServiceFactory};
 
 /// Accept backlog of the shared socket. Large, because a stalled loop's
 /// clients reconnect all at once (the kernel caps it at somaxconn).
@@ -39,13 +39,32 @@ const BACKLOG: i32 = 4096;
 pub struct Server<F> {
     config: Config,
     factory: F,
+    listener: Option<TcpListener>,
+    admin_listener: Option<TcpListener>,
 }
 
 impl<F: ServiceFactory> Server<F> {
     /// A server with the default configuration, making each loop's
     /// service with `factory`.
     pub fn new(factory: F) -> Self {
-        Server { config: Config::default(), factory }
+        Server { config: Config::default(), factory, listener: None, admin_listener: None }
+    }
+
+    /// Serves on `listener`, a socket already bound and listening (from
+    /// systemd's socket activation or the process this one replaces: see
+    /// [`Inherited`](crate::Inherited)), instead of binding
+    /// [`Config::listen`]. Another process may hold the same socket, so
+    /// vigil never shuts it down: a shutdown only closes this process's fd.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
+        self
+    }
+
+    /// Serves the admin plane on `listener` (as [`listener`](Self::listener)
+    /// does for the data plane), whether or not [`Config::admin`] is set.
+    pub fn admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin_listener = Some(listener);
+        self
     }
 
     /// Replaces the whole configuration.
@@ -83,8 +102,16 @@ impl<F: ServiceFactory> Server<F> {
     pub fn start(mut self) -> Result<ServerHandle, StartError> {
         self.config.validate().map_err(StartError::Config)?;
         fit_connections_to_file_limit(&mut self.config);
-        let listener = TcpListener::bind(self.config.listen).map_err(StartError::Bind)?;
-        sys::set_backlog(&listener, BACKLOG).map_err(StartError::Bind)?;
+        let inherited = self.listener.is_some();
+        let listener = match self.listener.take() {
+            // Its backlog is its owner's choice.
+            Some(listener) => listener,
+            None => {
+                let listener = TcpListener::bind(self.config.listen).map_err(StartError::Bind)?;
+                sys::set_backlog(&listener, BACKLOG).map_err(StartError::Bind)?;
+                listener
+            }
+        };
         listener.set_nonblocking(true).map_err(StartError::Bind)?;
         let local_addr = listener.local_addr().map_err(StartError::Bind)?;
         let offload = offload::Pool::start(self.config.offload_threads, self.config.offload_queue)
@@ -95,6 +122,10 @@ impl<F: ServiceFactory> Server<F> {
         let shared = Arc::new(ServerShared {
             config: self.config,
             listener,
+            listener_shared: AtomicBool::new(inherited),
+            successor: AtomicU32::new(0),
+            admin_socket: OnceLock::new(),
+            upgrade: Mutex::new(None),
             local_addr,
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
@@ -121,9 +152,19 @@ impl<F: ServiceFactory> Server<F> {
             supervisor: Some(supervisor),
             admin: None,
         };
-        if let Some(addr) = shared.config.admin {
+        let admin_listener = match (self.admin_listener, shared.config.admin) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) => Some(admin::bind(addr).map_err(StartError::Admin)?),
+            (None, None) => None,
+        };
+        if let Some(listener) = admin_listener {
+            // Kept to hand over on an upgrade (the plane's own is moved
+            // into its poll loop).
+            let duplicate = listener.try_clone().map_err(StartError::Admin)?;
+            let _ = shared.admin_socket.set(duplicate);
             let token = shared.config.admin_token.clone();
-            let plane = admin::start(addr, token, handle.control()).map_err(StartError::Admin)?;
+            let plane =
+                admin::start(listener, token, handle.control()).map_err(StartError::Admin)?;
             let _ = shared.admin_addr.set(plane.addr);
             log::info!("admin plane listening addr={}", plane.addr);
             handle.admin = Some(plane);
@@ -257,13 +298,17 @@ impl ServerHandle {
     }
 
     fn join(&mut self) -> Outcome {
-        match self.supervisor.take() {
+        let outcome = match self.supervisor.take() {
             Some(handle) => handle.join().unwrap_or_else(|_| {
                 log::error!("supervisor panicked");
                 Outcome::Stopped
             }),
             None => Outcome::Stopped,
-        }
+        };
+        // A new process that is not serving yet is stopped before this one
+        // ends, not left running beside nobody.
+        handover::upgrade::finish(&self.control);
+        outcome
     }
 }
 

@@ -4,7 +4,9 @@
 
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 
 /// Turns a negative libc return into `io::Error::last_os_error()`.
 macro_rules! syscall {
@@ -65,6 +67,96 @@ pub(crate) fn accept(listener: &TcpListener) -> io::Result<std::net::TcpStream> 
 /// connections from then on, and wakes every loop waiting on it.
 pub(crate) fn shutdown_read(listener: &TcpListener) -> io::Result<()> {
     syscall!(shutdown(listener.as_raw_fd(), libc::SHUT_RD)).map(drop)
+}
+
+/// Takes ownership of `fd`, a listening TCP socket this process inherited
+/// (from systemd or from the process it replaces), and marks it
+/// close-on-exec so that programs a service runs do not hold it too.
+///
+/// Checked first: an open fd, a socket, `SOCK_STREAM` over IPv4 or IPv6,
+/// listening. Anything else is refused and left alone. The caller must
+/// take each inherited fd once, and only fds nothing else in the process
+/// owns (the inheritance protocol's contract; duplicates are refused
+/// before this is called).
+pub(crate) fn adopt_inherited_listener(fd: RawFd) -> io::Result<TcpListener> {
+    let refuse = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd}: {why}"));
+    if fd < 3 {
+        return Err(refuse("0, 1 and 2 are stdio, not sockets"));
+    }
+    syscall!(fcntl(fd, libc::F_GETFD)).map_err(|err| refuse(&format!("not open ({err})")))?;
+    let option = |name: libc::c_int| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let value_ptr: *mut libc::c_int = &mut value;
+        syscall!(getsockopt(fd, libc::SOL_SOCKET, name, value_ptr.cast(), &mut len))?;
+        Ok(value)
+    };
+    let domain = option(libc::SO_DOMAIN).map_err(|err| refuse(&format!("not a socket ({err})")))?;
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return Err(refuse("not an IPv4 or IPv6 socket"));
+    }
+    if option(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(refuse("not a stream (TCP) socket"));
+    }
+    if option(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(refuse("not listening"));
+    }
+    syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC))?;
+    // SAFETY: fd is open, a listening TCP socket, and by the caller's
+    // contract owned by nothing else in this process.
+    Ok(unsafe { TcpListener::from_raw_fd(fd) })
+}
+
+/// Takes ownership of `fd`, the write end of a readiness pipe this process
+/// inherited, and marks it close-on-exec. Checked to be an open FIFO.
+pub(crate) fn adopt_inherited_pipe(fd: RawFd) -> io::Result<OwnedFd> {
+    let refuse = |why: &str| io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd}: {why}"));
+    if fd < 3 {
+        return Err(refuse("0, 1 and 2 are stdio, not a readiness pipe"));
+    }
+    // SAFETY: an all-zero `stat` is a valid value of the plain C struct.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    syscall!(fstat(fd, &mut stat)).map_err(|err| refuse(&format!("not open ({err})")))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFIFO {
+        return Err(refuse("not a pipe"));
+    }
+    syscall!(fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC))?;
+    // SAFETY: fd is an open pipe that, by the caller's contract, nothing
+    // else in this process owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// A pipe, both ends close-on-exec: `(read end, write end)`.
+pub(crate) fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    syscall!(pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
+    // SAFETY: pipe2 just returned both fds; nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Makes `command`'s program inherit `fds`, which stay close-on-exec in
+/// this process: the flag is cleared in the forked child only, just before
+/// it execs, so no other program this process starts meanwhile gets them.
+pub(crate) fn inherit_on_exec(command: &mut Command, fds: Vec<RawFd>) {
+    let clear_cloexec = move || {
+        for &fd in &fds {
+            // fcntl is async-signal-safe; nothing here allocates.
+            syscall!(fcntl(fd, libc::F_SETFD, 0))?;
+        }
+        Ok(())
+    };
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it makes only fcntl calls on a
+    // vector allocated before the fork, and allocates nothing.
+    unsafe { command.pre_exec(clear_cloexec) };
+}
+
+/// Sends `signal` to process `pid`. Callers hold the unreaped `Child` of
+/// `pid`, so the pid cannot have been reused by another process.
+pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
+    let pid =
+        libc::pid_t::try_from(pid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    syscall!(kill(pid, signal)).map(drop)
 }
 
 /// The kernel id of the calling thread, for `set_idle_priority`.

@@ -106,7 +106,9 @@ impl Vigil {
         Vigil::spawn_command(command, args)
     }
 
-    fn spawn_command(mut command: Command, args: &[&str]) -> Vigil {
+    /// As `spawn`, running `command` (a program path, or a shell that execs
+    /// the binary).
+    pub fn spawn_command(mut command: Command, args: &[&str]) -> Vigil {
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)

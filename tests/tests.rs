@@ -13,3 +13,4 @@ mod http;
 mod memory;
 mod offload;
 mod supervisor;
+mod upgrade;

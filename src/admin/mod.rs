@@ -27,13 +27,22 @@ pub(crate) struct AdminPlane {
     thread: Option<JoinHandle<()>>,
 }
 
-/// Binds the admin plane on `addr` and serves it on its own thread.
+/// The admin plane's listening socket on `addr`.
+pub(crate) fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    // The default backlog (128) overflows under a burst, and with
+    // syncookies the overflowed clients believe they are connected.
+    crate::sys::set_backlog(&listener, plane::ADMIN_BACKLOG)?;
+    Ok(listener)
+}
+
+/// Serves the admin plane on `listener`, on its own thread.
 pub(crate) fn start(
-    addr: SocketAddr,
+    listener: std::net::TcpListener,
     token: Option<String>,
     control: Control,
 ) -> io::Result<AdminPlane> {
-    let plane = plane::Plane::bind(addr, token, control)?;
+    let plane = plane::Plane::new(listener, token, control)?;
     let addr = plane.local_addr()?;
     let (stop, stopping) = (plane.waker(), plane.stopping());
     let thread = thread::Builder::new().name("vigil-admin".into()).spawn(move || plane.run())?;

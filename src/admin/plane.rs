@@ -36,7 +36,7 @@ const WAKER: Token = Token(usize::MAX - 2);
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Accept backlog of the admin socket.
-const ADMIN_BACKLOG: i32 = 1024;
+pub(super) const ADMIN_BACKLOG: i32 = 1024;
 
 /// Largest request head: admin requests are a line and a few headers.
 const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -74,6 +74,8 @@ pub(super) struct Plane {
     poll: Poll,
     listener: TcpListener,
     listening: bool,
+    /// Left the socket to the process this one handed over to.
+    left: bool,
     paused_until: Option<Instant>,
     conns: Slab<AdminConn>,
     waker: Arc<Waker>,
@@ -84,16 +86,12 @@ pub(super) struct Plane {
 }
 
 impl Plane {
-    pub(super) fn bind(
-        addr: SocketAddr,
+    pub(super) fn new(
+        std_listener: std::net::TcpListener,
         token: Option<String>,
         control: Control,
     ) -> io::Result<Plane> {
         let poll = Poll::new()?;
-        let std_listener = std::net::TcpListener::bind(addr)?;
-        // The default backlog (128) overflows under a burst, and with
-        // syncookies the overflowed clients believe they are connected.
-        crate::sys::set_backlog(&std_listener, ADMIN_BACKLOG)?;
         std_listener.set_nonblocking(true)?;
         let mut listener = TcpListener::from_std(std_listener);
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -102,6 +100,7 @@ impl Plane {
             poll,
             listener,
             listening: true,
+            left: false,
             paused_until: None,
             conns: Slab::new(),
             waker,
@@ -143,7 +142,10 @@ impl Plane {
                 }
             }
             self.expire(now);
-            if self.paused_until.is_some_and(|until| now >= until) {
+            if self.listening && self.control.handed_over_to().is_some() {
+                self.leave_listener();
+            }
+            if self.paused_until.is_some_and(|until| now >= until) && !self.left {
                 self.resume_accepting();
             }
         }
@@ -180,6 +182,16 @@ impl Plane {
                 },
             }
         }
+    }
+
+    /// After a handover: the new process's admin plane accepts from the
+    /// same socket; this one answers the connections it has and accepts no
+    /// more (it checks at least once a second).
+    fn leave_listener(&mut self) {
+        let _ = self.poll.registry().deregister(&mut self.listener);
+        self.listening = false;
+        self.left = true;
+        log::info!("admin plane: the new process takes the admin socket; accepting no more");
     }
 
     fn resume_accepting(&mut self) {
@@ -334,7 +346,9 @@ fn answer_complete(
         res.status(answer.status).header("Content-Type", answer.content_type).body(answer.body);
         let encoding = Encoding {
             head_request: head.method == "HEAD",
-            keep_alive: head.keep_alive,
+            // Once another process serves the admin socket, each client
+            // is sent there for its next request (this process exits).
+            keep_alive: head.keep_alive && control.handed_over_to().is_none(),
             http10: head.version == crate::Version::Http10,
         };
         let keep_alive = response::encode(&res, encoding, date, &mut conn.output);

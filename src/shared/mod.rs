@@ -12,7 +12,7 @@ mod peers;
 mod registry;
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
@@ -39,6 +39,19 @@ use crate::offload::Pool;
 pub(crate) struct ServerShared {
     pub(crate) config: Config,
     pub(crate) listener: TcpListener,
+    /// Another process may hold the same listening socket: it was
+    /// inherited (systemd, or the process this one replaced), or handed to
+    /// a new process. It is then never shut down, since that would act on
+    /// the socket for its other holder too (resetting the clients queued
+    /// for it); leaving it is closing this process's fd.
+    pub(crate) listener_shared: AtomicBool,
+    /// The pid of the process this one handed its sockets to (0: none):
+    /// this one drains, and is still ready as far as health checks go.
+    pub(crate) successor: AtomicU32,
+    /// A duplicate of the admin plane's listening socket, to hand over.
+    pub(crate) admin_socket: OnceLock<TcpListener>,
+    /// The upgrade under way, if any: its thread, and how to cancel it.
+    pub(crate) upgrade: Mutex<Option<PendingUpgrade>>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) started: Instant,
     /// Open connections per client address, when capped.
@@ -115,6 +128,14 @@ impl ServerShared {
     }
 }
 
+/// An upgrade's thread, and the sender that cancels it (the process
+/// shuts down: a new process not yet serving is stopped).
+#[derive(Debug)]
+pub(crate) struct PendingUpgrade {
+    pub(crate) thread: std::thread::JoinHandle<()>,
+    pub(crate) cancel: crossbeam_channel::Sender<()>,
+}
+
 /// How often `deliver` looks for a loop that takes connections before it
 /// gives up for now (each attempt yields the CPU once).
 const DELIVERY_ATTEMPTS: usize = 100;
@@ -134,6 +155,9 @@ pub(crate) enum Command {
     Recycle(usize),
     /// Drain every loop and end.
     Shutdown,
+    /// A new process serves the socket now: drain at once (no
+    /// `shutdown_delay`: nobody needs to stop sending clients here).
+    HandOver,
     /// End at once.
     Stop,
 }

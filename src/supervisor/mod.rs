@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::event_loop;
+use crate::handover;
 use crate::memory;
 use crate::shared::{
     lock, panic_message, Command, Conveyed, Fate, LoopShared, LoopState, MemoryReport, ServerShared,
@@ -238,6 +239,7 @@ impl<F: ServiceFactory> Supervisor<F> {
                 match command {
                     Command::Recycle(slot) => self.recycle(slot, "requested"),
                     Command::Shutdown => self.shutdown_requested(),
+                    Command::HandOver => self.begin_shutdown(),
                     Command::Stop => self.server.stop_now.store(true, Relaxed),
                 }
             }
@@ -776,6 +778,11 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
         let timeout = self.server.config.shutdown_timeout;
         log::info!("shutdown: draining loops timeout={timeout:?}");
+        if self.server.successor.load(Relaxed) == 0 {
+            // After a handover the new process is the service's main
+            // process: it is not stopping.
+            handover::notify_service_manager("STOPPING=1");
+        }
         self.server.draining.store(true, Relaxed);
         self.shutdown_started = Some(Instant::now());
         self.shutdown_deadline = Some(Instant::now() + timeout);
@@ -835,7 +842,13 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.finish("stopped");
     }
 
+    /// Refuses new clients at once instead of leaving them in a backlog
+    /// nobody accepts from, when this process alone holds the socket.
+    /// Otherwise the loops have left it, and its other holder accepts them.
     fn refuse_new_connections(&self) {
+        if self.server.listener_shared.load(Relaxed) {
+            return;
+        }
         if let Err(err) = sys::shutdown_read(&self.server.listener) {
             log::debug!("listener shutdown: {err}");
         }
