@@ -38,7 +38,10 @@ impl App {
     fn demo(&mut self, req: &Request<'_>, res: &mut Response) -> bool {
         let number = |name: &str| req.query_param(name).and_then(|v| v.parse::<u64>().ok());
         match req.path() {
-            "/spin" => spin_forever(),
+            "/spin" => {
+                log::warn!("demo /spin: this loop spins until the supervisor gives up on it");
+                spin_forever()
+            }
             "/block" => {
                 let ms = number("ms").unwrap_or(1000);
                 std::thread::sleep(Duration::from_millis(ms));

@@ -55,6 +55,8 @@ impl<F: ServiceFactory> Server<F> {
     /// [`Inherited`](crate::Inherited)), instead of binding
     /// [`Config::listen`]. Another process may hold the same socket, so
     /// vigil never shuts it down: a shutdown only closes this process's fd.
+    /// It is made non-blocking, which its other holders share (the flag
+    /// belongs to the open socket, not to one fd).
     pub fn listener(mut self, listener: TcpListener) -> Self {
         self.listener = Some(listener);
         self

@@ -337,6 +337,8 @@ fn socket_activation_serves_the_inherited_socket_and_sigterm_leaves_it_to_its_ot
     // The other holder's socket still listens: a client connects, and the
     // holder accepts it (a shut-down listener refuses the one and fails
     // the other).
+    // (vigil made the shared file description non-blocking.)
+    listener.set_nonblocking(false).unwrap();
     let client = TcpStream::connect(addr).expect("the socket still takes clients");
     let (accepted, peer) = listener.accept().expect("its other holder accepts");
     assert_eq!(peer, client.local_addr().unwrap());
@@ -358,4 +360,46 @@ fn inherited_fds_that_are_not_listening_sockets_are_refused_with_status_2() {
         assert_eq!(output.status.code(), Some(2), "{fds}: {stderr}");
         assert!(stderr.contains("VIGIL_INHERIT") || stderr.contains("fd "), "{fds}: {stderr}");
     }
+}
+
+#[test]
+fn clients_queued_in_the_backlog_are_served_by_the_new_process() {
+    let dir = Scratch::new("upgrade-backlog");
+    // One loop, never handed off nor replaced: stuck in /spin, it accepts
+    // nobody, so every client after that waits in the socket's backlog.
+    let args = [
+        "--loops",
+        "1",
+        "--demo",
+        "--handoff-after",
+        "0",
+        "--stall-timeout",
+        "0",
+        "--shutdown-timeout",
+        "2s",
+    ];
+    let mut old = Vigil::spawn_command(Command::new(dir.install_vigil()), &args);
+    let mut stuck = util::Client::new(old.addr);
+    stuck.send(b"GET /spin HTTP/1.1\r\nHost: t\r\n\r\n");
+    old.expect_line("demo /spin: this loop spins");
+    let mut queued: Vec<util::Client> = (0..20).map(|_| util::Client::new(old.addr)).collect();
+    for client in &mut queued {
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+
+    signal(old.pid(), "USR2");
+    let new = Stray(pid_in(&old.expect_line("is serving after")));
+    for (i, client) in queued.iter_mut().enumerate() {
+        let reply = client.reply_to("GET").unwrap_or_else(|err| panic!("client {i}: {err}"));
+        assert_eq!(reply.status, 200, "client {i}");
+    }
+    // The old process's drain is cut at its timeout (its loop spins on).
+    assert_eq!(old.wait_with_timeout(util::IO_TIMEOUT), Some(0));
+    assert!(stuck.is_closed(), "the spinning request's connection is cut with its process");
+    // The new process holds the 20 clients, idle: a drain closes them
+    // after its short grace, long before its timeout.
+    signal(new.0, "TERM");
+    let rest = old.rest_of_log();
+    assert!(rest.iter().any(|l| l.contains("vigil drained")), "{rest:#?}");
+    assert!(!rest.iter().any(|l| l.contains("drain timed out")), "{rest:#?}");
 }

@@ -34,6 +34,17 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// for a request its client may already have sent.
 const DRAIN_IDLE_GRACE: Duration = Duration::from_millis(500);
 
+/// When the sweep after one at `now` is due: a period later, or when a
+/// draining loop's idle grace ends if that is sooner (a regular sweep just
+/// before the grace ends must not leave idle connections open for another
+/// whole period).
+fn next_sweep_after(now: Instant, period: Duration, drain_idle_grace: Option<Instant>) -> Instant {
+    match drain_idle_grace {
+        Some(grace) if grace > now => (now + period).min(grace),
+        _ => now + period,
+    }
+}
+
 /// Size of the loop's read buffer, shared by all its connections.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
@@ -101,6 +112,8 @@ struct EventLoop<F: ServiceFactory> {
     next_sweep: Instant,
     sweep_every: Duration,
     drain_deadline: Option<Instant>,
+    /// When a draining loop closes the connections idle at its start.
+    drain_idle_grace: Option<Instant>,
     /// Acted on a handoff: left the listener, forgot what moved.
     left_slot: bool,
 }
@@ -172,6 +185,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             next_sweep: now + sweep_every,
             sweep_every,
             drain_deadline: None,
+            drain_idle_grace: None,
             left_slot: false,
         })
     }
@@ -630,8 +644,8 @@ impl<F: ServiceFactory> EventLoop<F> {
 
     /// Applies connection deadlines: idle timeout, 408 for slow requests.
     fn sweep(&mut self) {
-        self.next_sweep = self.cx.now + self.sweep_every;
         let now = self.cx.now;
+        self.next_sweep = next_sweep_after(now, self.sweep_every, self.drain_idle_grace);
         let expired: Vec<usize> = self
             .conns
             .iter()
@@ -674,6 +688,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         for (_, conn) in self.conns.iter_mut() {
             conn.close_when_idle_by(grace);
         }
+        self.drain_idle_grace = Some(grace);
         self.next_sweep = self.next_sweep.min(grace);
         log::info!("loop {} draining open={}", self.cx.shared.name(), self.conns.len());
     }
@@ -695,5 +710,23 @@ impl<F: ServiceFactory> EventLoop<F> {
             "loop {} handler returned after the loop was abandoned; thread exits",
             self.cx.shared.name()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_before_the_drain_grace_ends_schedules_one_at_its_end() {
+        let (now, period) = (Instant::now(), Duration::from_secs(1));
+        let grace = now + Duration::from_millis(300);
+        assert_eq!(next_sweep_after(now, period, Some(grace)), grace);
+        // Past the grace, or without a drain: the regular period.
+        assert_eq!(next_sweep_after(grace, period, Some(grace)), grace + period);
+        assert_eq!(next_sweep_after(now, period, None), now + period);
+        // A grace further than a period away waits for its own sweep.
+        let far = now + Duration::from_secs(5);
+        assert_eq!(next_sweep_after(now, period, Some(far)), now + period);
     }
 }

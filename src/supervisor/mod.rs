@@ -32,6 +32,12 @@ use verdict::{judge, Observation, Thresholds, Verdict};
 /// clients of a stalled loop reconnect).
 const SPAWN_READY_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// The same wait for the first loops: the server says it serves (to the
+/// process it replaces, or to systemd) once every loop listens, and nothing
+/// else needs the supervisor yet. Only a service factory that blocks makes
+/// it wait this long.
+const STARTUP_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest wait, in a shutdown, for loops to accept their backlog before
 /// the listener is closed (a loop stuck in a handler never will).
 const LISTENER_GRACE: Duration = Duration::from_millis(100);
@@ -87,7 +93,7 @@ pub(crate) fn start<F: ServiceFactory>(
         outcome: Outcome::Stopped,
     };
     for slot in 0..server.config.loops {
-        let running = supervisor.spawn_loop(slot, 0, Vec::new())?;
+        let running = supervisor.spawn_loop(slot, 0, Vec::new(), STARTUP_READY_TIMEOUT)?;
         supervisor.slots.push(Slot {
             running: Some(running),
             observation: None,
@@ -267,12 +273,14 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
     }
 
-    /// Spawns generation `generation` of `slot` and waits until it listens.
+    /// Spawns generation `generation` of `slot` and waits until it listens
+    /// (or fails), up to `ready_timeout`.
     fn spawn_loop(
         &self,
         slot: usize,
         generation: u32,
         adopt: Vec<Conveyed>,
+        ready_timeout: Duration,
     ) -> io::Result<Running> {
         let shared = Arc::new(LoopShared::new(
             slot,
@@ -289,7 +297,7 @@ impl<F: ServiceFactory> Supervisor<F> {
             ready_tx,
         )?;
         // An error means the loop failed to start; the next check sees it dead.
-        let _ = ready_rx.recv_timeout(SPAWN_READY_TIMEOUT);
+        let _ = ready_rx.recv_timeout(ready_timeout);
         Ok(Running { shared, thread })
     }
 
@@ -548,7 +556,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
         self.slots[slot].observation = None;
-        match self.spawn_loop(slot, generation, adopt) {
+        match self.spawn_loop(slot, generation, adopt, SPAWN_READY_TIMEOUT) {
             Ok(running) => {
                 self.slots[slot].running = Some(running);
                 Some(generation)
