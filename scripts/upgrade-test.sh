@@ -21,9 +21,18 @@ SECONDS_PER_RUN=10
 
 work=$(mktemp -d)
 finished=0
+pids=()
+wrk_pid=
 cleanup() {
-    # An interrupted run leaves a serving process behind: not for long.
-    if [ "$finished" -eq 0 ] && [ -f "$work/pid" ]; then kill -KILL "$(cat "$work/pid")" 2>/dev/null || true; fi
+    # A failed or interrupted run leaves processes behind: every vigil seen
+    # (old ones may still drain, a new one may not be ready yet) and wrk.
+    if [ "$finished" -eq 0 ]; then
+        [ -f "$work/pid" ] && pids+=("$(cat "$work/pid")")
+        for pid in $(grep -o 'started [^ ]* pid=[0-9]*' "$work/vigil.log" 2>/dev/null | sed 's/.*pid=//'); do
+            pids+=("$pid")
+        done
+        kill -KILL "${pids[@]}" $wrk_pid 2>/dev/null || true
+    fi
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,6 +62,7 @@ install_copy 0
 RUST_LOG=info taskset -c "$SERVER_CPU" "$work/vigil" --listen 127.0.0.1:0 --no-pin \
     --pid-file "$work/pid" 2>"$work/vigil.log" &
 first_pid=$!
+pids+=("$first_pid")
 wait_for_line "$work/vigil.log" "vigil listening addr=" 0
 ADDR=$(grep -o 'vigil listening addr=[^ ]*' "$work/vigil.log" | head -1 | cut -d= -f2)
 until [ -f "$work/pid" ]; do sleep 0.01; done
@@ -63,7 +73,6 @@ run_wrk "$work/before.txt"
 echo "upgrade run: the same load; new binary + SIGUSR2 at 3 s and at 6.5 s"
 run_wrk "$work/during.txt" &
 wrk_pid=$!
-pids=("$first_pid")
 for at in 3 3.5; do
     sleep "$at"
     served=$(grep -c "is serving after" "$work/vigil.log" || true)

@@ -87,10 +87,7 @@ impl Control {
     /// socket to a new process (which serves it: a health checker must not
     /// take the host out of service meanwhile).
     pub fn is_ready(&self) -> bool {
-        let shutting_down = self.shared.draining.load(Relaxed)
-            || self.shared.stop_now.load(Relaxed)
-            || self.shared.shutdown_pending.load(Relaxed);
-        !shutting_down || self.handed_over_to().is_some()
+        !self.shared.is_shutting_down() || self.handed_over_to().is_some()
     }
 
     /// The pid of the process this one handed its sockets to, once it

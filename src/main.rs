@@ -229,6 +229,11 @@ fn main() -> ExitCode {
         }
         Err(err) => return usage_error(&err.to_string()),
     };
+    if let Some(dir) = args.pid_file.as_deref().and_then(std::path::Path::parent) {
+        if !dir.as_os_str().is_empty() && !dir.is_dir() {
+            return usage_error(&format!("--pid-file: no directory {}", dir.display()));
+        }
+    }
     let config = match args.config() {
         Ok(config) => config,
         Err(message) => return usage_error(&message),
@@ -268,8 +273,14 @@ fn run(config: Config, args: &Args, mut inherited: Inherited) -> Result<Outcome,
     }
     let handle = server.start().map_err(|err| err.to_string())?;
     signals.spawn(handle.control()).map_err(|err| format!("cannot watch signals: {err}"))?;
-    let pid_file = args.pid_file.as_deref().map(PidFile::write).transpose()?;
     inherited.announce_ready();
+    // Only once it serves: a new process stopped before that must not
+    // have replaced the file naming the process that goes on. A failure
+    // now is logged, not fatal: the process this one replaced is draining.
+    let pid_file = args
+        .pid_file
+        .as_deref()
+        .and_then(|path| PidFile::write(path).map_err(|err| log::error!("{err}")).ok());
     let outcome = handle.wait();
     drop(pid_file);
     Ok(outcome)

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Config, ConfigError};
 use crate::control::{Control, Snapshot, UnknownSlot};
-use crate::shared::{Histogram, MemoryReport, PeerCounts, ServerShared, SlotCounters};
+use crate::shared::{
+    Histogram, MemoryReport, PeerCounts, ServerShared, SlotCounters, UpgradeState,
+};
 use crate::supervisor::{self, Outcome};
 use crate::{admin, handover, offload, sys, Limits, ServiceFactory};
 
@@ -127,7 +129,8 @@ impl<F: ServiceFactory> Server<F> {
             listener_shared: AtomicBool::new(inherited),
             successor: AtomicU32::new(0),
             admin_socket: OnceLock::new(),
-            upgrade: Mutex::new(None),
+            listener_inherited: inherited,
+            upgrade: Mutex::new(UpgradeState::Idle),
             local_addr,
             started: Instant::now(),
             open_connections: AtomicUsize::new(0),
@@ -211,7 +214,7 @@ pub enum StartError {
     Config(ConfigError),
     /// The listening socket could not be set up.
     Bind(io::Error),
-    /// A thread could not be started.
+    /// A thread could not be started, or a loop did not start serving.
     Spawn(io::Error),
     /// The admin plane could not listen.
     Admin(io::Error),
@@ -222,7 +225,7 @@ impl std::fmt::Display for StartError {
         match self {
             StartError::Config(err) => write!(f, "invalid configuration: {err}"),
             StartError::Bind(err) => write!(f, "cannot listen: {err}"),
-            StartError::Spawn(err) => write!(f, "cannot start threads: {err}"),
+            StartError::Spawn(err) => write!(f, "cannot start: {err}"),
             StartError::Admin(err) => write!(f, "cannot start the admin plane: {err}"),
         }
     }

@@ -49,15 +49,15 @@ impl SignalWatch {
                             log::warn!(
                                 "signal=SIGUSR2 ignored: pid {pid} serves now, this process drains"
                             );
-                        } else if draining {
-                            log::warn!("signal=SIGUSR2 ignored: shutting down");
                         } else if let Some(program) = &self.program {
                             match upgrade::begin(&control, program) {
-                                Ok(()) => {}
+                                Ok(()) | Err(Refusal::NoThread) => {}
                                 Err(Refusal::InProgress) => {
                                     log::warn!("signal=SIGUSR2 ignored: an upgrade is in progress")
                                 }
-                                Err(Refusal::NoThread) => {}
+                                Err(Refusal::ShuttingDown) => {
+                                    log::warn!("signal=SIGUSR2 ignored: shutting down")
+                                }
                             }
                         } else {
                             log::error!("signal=SIGUSR2 ignored: the program's path is unknown");

@@ -159,6 +159,17 @@ pub(crate) fn kill(pid: u32, signal: libc::c_int) -> io::Result<()> {
     syscall!(kill(pid, signal)).map(drop)
 }
 
+/// `CLOCK_MONOTONIC` in microseconds, the clock systemd's `MONOTONIC_USEC=`
+/// is read on (std's `Instant` does not expose its value).
+pub(crate) fn monotonic_micros() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // CLOCK_MONOTONIC cannot fail on Linux.
+    let _ = syscall!(clock_gettime(libc::CLOCK_MONOTONIC, &mut now));
+    let (secs, nanos) =
+        (u64::try_from(now.tv_sec).unwrap_or(0), u64::try_from(now.tv_nsec).unwrap_or(0));
+    secs * 1_000_000 + nanos / 1_000
+}
+
 /// The kernel id of the calling thread, for `set_idle_priority`.
 pub(crate) fn thread_id() -> i32 {
     // SAFETY: gettid has no arguments and cannot fail.

@@ -109,6 +109,9 @@ impl Vigil {
     /// As `spawn`, running `command` (a program path, or a shell that execs
     /// the binary).
     pub fn spawn_command(mut command: Command, args: &[&str]) -> Vigil {
+        // A process group of its own: what it starts (the new process of
+        // an upgrade) is killed with it if a test fails.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
@@ -170,6 +173,10 @@ impl Vigil {
 
 impl Drop for Vigil {
     fn drop(&mut self) {
+        // The group's id is the child's pid, which cannot be reused before
+        // the child is reaped (below).
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

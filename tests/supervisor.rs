@@ -146,6 +146,22 @@ fn a_stalled_loop_is_replaced_and_its_thread_reclaimed() {
 }
 
 #[test]
+fn a_server_whose_loop_cannot_start_does_not_start() {
+    // It would say it serves (to systemd, or to the process it replaces)
+    // with a slot that does not.
+    let factory = |slot: usize| {
+        if slot == 1 {
+            panic!("factory fails for slot 1");
+        }
+        |_req: &Request<'_>, res: &mut Response| {
+            res.body_static(b"ok");
+        }
+    };
+    let err = vigil::Server::new(factory).config(util::config(2)).start().unwrap_err();
+    assert!(err.to_string().contains("loop 1 did not start"), "{err}");
+}
+
+#[test]
 fn a_loop_that_dies_is_respawned() {
     // The factory panics the second time it builds slot 0's service: the
     // rebuild after a handler panic, which runs outside the handler and so

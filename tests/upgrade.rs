@@ -4,7 +4,8 @@
 //!
 //! Every wait is on an event: a log line, a datagram on the notify socket,
 //! an exit status, or the end of stderr (which every process of the test
-//! shares, so its end means they have all exited).
+//! shares, so its end means they have all exited). A failed test kills the
+//! new processes with the old one: they share its process group.
 
 use std::fs;
 use std::io::ErrorKind;
@@ -58,19 +59,9 @@ impl Drop for Scratch {
     }
 }
 
-/// A process this test did not start (the new process of an upgrade):
-/// killed if the test ends before it has.
-struct Stray(u32);
-
-impl Drop for Stray {
-    fn drop(&mut self) {
-        signal(self.0, "KILL");
-    }
-}
-
 fn signal(pid: u32, name: &str) {
     let status = Command::new("kill").args([&format!("-{name}"), &pid.to_string()]).status();
-    assert!(status.is_ok_and(|s| s.success()) || name == "KILL", "kill -{name} {pid}");
+    assert!(status.is_ok_and(|s| s.success()), "kill -{name} {pid}");
 }
 
 impl Vigil {
@@ -230,10 +221,14 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     old.expect_line("inherited socket name=http");
     old.expect_line("inherited socket name=admin");
     let serving = old.expect_line("is serving after");
-    let new = Stray(pid_in(&serving));
-    assert_ne!(new.0, old.pid());
-    assert_eq!(notify.next(), "RELOADING=1\nSTATUS=upgrading");
-    assert_eq!(notify.next(), format!("MAINPID={}\nREADY=1\nSTATUS=serving", new.0));
+    let new = pid_in(&serving);
+    assert_ne!(new, old.pid());
+    let reloading = notify.next();
+    let usec = reloading
+        .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+        .and_then(|rest| rest.strip_suffix("\nSTATUS=upgrading"));
+    assert!(usec.is_some_and(|n| n.parse::<u64>().is_ok()), "{reloading:?}");
+    assert_eq!(notify.next(), format!("MAINPID={new}\nREADY=1\nSTATUS=serving"));
     // The old process drains and exits 0; clients go on being answered.
     let status = old.wait_with_timeout(util::IO_TIMEOUT);
     assert_eq!(status, Some(0), "the old process drains and exits");
@@ -247,7 +242,7 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     // (gone now, so everything it sent is queued) said nothing more.
     assert_eq!(notify.pending(), None);
 
-    signal(new.0, "TERM");
+    signal(new, "TERM");
     assert_eq!(notify.next(), "STOPPING=1");
     let log: Vec<String> = old.log.iter().collect();
     assert!(log.iter().any(|l| l.contains("vigil drained")), "the new process drained: {log:#?}");
@@ -347,18 +342,27 @@ fn socket_activation_serves_the_inherited_socket_and_sigterm_leaves_it_to_its_ot
 
 #[test]
 fn inherited_fds_that_are_not_listening_sockets_are_refused_with_status_2() {
-    for (fds, parent) in
-        [("http:0", "self"), ("http:99", "self"), ("web:3", "self"), ("http:3", "")]
-    {
+    // As fd 3: a connected socket (open, a socket, not listening), then
+    // /dev/null (not a socket); then fds that are no socket of ours at all.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let connected = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let cases: [(&str, &str, Stdio); 5] = [
+        ("http:3", "exec 3<&0 0</dev/null;", Stdio::from(OwnedFd::from(connected))),
+        ("http:3", "exec 3</dev/null;", Stdio::null()),
+        ("http:0", "", Stdio::null()),
+        ("http:99", "", Stdio::null()),
+        ("web:3", "exec 3</dev/null;", Stdio::null()),
+    ];
+    for (fds, setup, stdin) in cases {
+        // After the exec, sh's parent (this test) is vigil's.
         let script = format!(
-            "export VIGIL_INHERIT_FDS={fds} VIGIL_INHERIT_PARENT={}; exec \"$0\" --loops 1",
-            // After the exec, sh's parent (this test) is vigil's.
-            if parent == "self" { "$PPID" } else { "nope" }
+            "{setup} export VIGIL_INHERIT_FDS={fds} VIGIL_INHERIT_PARENT=$PPID; exec \"$0\" --loops 1"
         );
-        let output = Command::new("sh").args(["-c", &script, VIGIL]).output().unwrap();
+        let output = Command::new("sh").args(["-c", &script, VIGIL]).stdin(stdin).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(2), "{fds}: {stderr}");
-        assert!(stderr.contains("VIGIL_INHERIT") || stderr.contains("fd "), "{fds}: {stderr}");
+        assert_eq!(output.status.code(), Some(2), "{fds} ({setup}): {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{fds}: one line, got {stderr:?}");
+        assert!(stderr.contains("VIGIL_INHERIT_FDS") || stderr.contains("fd "), "{stderr}");
     }
 }
 
@@ -388,7 +392,7 @@ fn clients_queued_in_the_backlog_are_served_by_the_new_process() {
     }
 
     signal(old.pid(), "USR2");
-    let new = Stray(pid_in(&old.expect_line("is serving after")));
+    let new = pid_in(&old.expect_line("is serving after"));
     for (i, client) in queued.iter_mut().enumerate() {
         let reply = client.reply_to("GET").unwrap_or_else(|err| panic!("client {i}: {err}"));
         assert_eq!(reply.status, 200, "client {i}");
@@ -398,7 +402,7 @@ fn clients_queued_in_the_backlog_are_served_by_the_new_process() {
     assert!(stuck.is_closed(), "the spinning request's connection is cut with its process");
     // The new process holds the 20 clients, idle: a drain closes them
     // after its short grace, long before its timeout.
-    signal(new.0, "TERM");
+    signal(new, "TERM");
     let rest = old.rest_of_log();
     assert!(rest.iter().any(|l| l.contains("vigil drained")), "{rest:#?}");
     assert!(!rest.iter().any(|l| l.contains("drain timed out")), "{rest:#?}");

@@ -31,6 +31,7 @@ use std::net::TcpListener;
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use crate::sys;
 
@@ -41,6 +42,9 @@ pub(crate) const LISTEN_FDS: &str = "LISTEN_FDS";
 pub(crate) const LISTEN_PID: &str = "LISTEN_PID";
 pub(crate) const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
+
+/// Set while this process, started by an upgrade, is not yet serving.
+static SERVICE_MANAGER_MUTED: AtomicBool = AtomicBool::new(false);
 
 /// systemd passes its sockets from this fd on (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -125,6 +129,12 @@ impl Inherited {
     }
 
     fn adopt(plan: Plan) -> Result<Inherited, InheritError> {
+        if matches!(plan.source, Some(Source::Upgrade { .. })) {
+            // The process this one replaces is systemd's main process until
+            // it hands over; what this one would say (STOPPING=1 if it is
+            // stopped before it serves) is not the service's state.
+            SERVICE_MANAGER_MUTED.store(true, Relaxed);
+        }
         let mut inherited = Inherited { source: plan.source, ..Inherited::default() };
         for (name, fd) in plan.sockets {
             let listener = sys::adopt_inherited_listener(fd)
@@ -168,11 +178,14 @@ impl Inherited {
     /// started.
     pub fn announce_ready(&mut self) {
         match self.ready.take() {
-            Some(pipe) => {
-                if let Err(err) = std::fs::File::from(pipe).write_all(READY_LINE) {
-                    log::warn!("cannot tell the process this one replaces that it serves: {err}");
+            Some(pipe) => match std::fs::File::from(pipe).write_all(READY_LINE) {
+                // It hands MAINPID over to this process.
+                Ok(()) => SERVICE_MANAGER_MUTED.store(false, Relaxed),
+                // It is gone (killed): this process serves, alone.
+                Err(err) => {
+                    log::warn!("cannot tell the process this one replaces that it serves: {err}")
                 }
-            }
+            },
             // The upgrading process tells systemd, with the new MAINPID.
             None => notify_service_manager("READY=1"),
         }
@@ -306,6 +319,9 @@ fn name_systemd_sockets(
 /// process runs under it with `Type=notify` (`NOTIFY_SOCKET` is set); does
 /// nothing otherwise. A failure is logged: it never stops the server.
 pub(crate) fn notify_service_manager(state: &str) {
+    if SERVICE_MANAGER_MUTED.load(Relaxed) {
+        return;
+    }
     let Some(target) = std::env::var_os(NOTIFY_SOCKET) else { return };
     if let Err(err) = send_notification(&target, state) {
         log::warn!("cannot notify systemd at {NOTIFY_SOCKET}={target:?} of {state:?}: {err}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{select, Receiver};
 
 use super::{notify_service_manager, Program, INHERIT_FDS, INHERIT_PARENT, READY_FD, READY_LINE};
-use crate::shared::{lock, PendingUpgrade};
+use crate::shared::{lock, UpgradeState};
 use crate::{sys, Control};
 
 /// How long a new process that closed its readiness pipe has to exit
@@ -34,19 +34,32 @@ const WAIT_STEP: Duration = Duration::from_millis(10);
 pub(crate) enum Refusal {
     /// One is under way.
     InProgress,
+    /// The server is shutting down or has ended.
+    ShuttingDown,
     /// Its thread could not be started.
     NoThread,
 }
 
 /// Starts an upgrade on a thread of its own (it waits up to the upgrade
 /// timeout, and signals must be acted on meanwhile), unless one is under
-/// way.
+/// way or the server is shutting down.
 pub(crate) fn begin(control: &Control, program: &Program) -> Result<(), Refusal> {
-    let mut pending = lock(&control.server().upgrade);
-    if pending.as_ref().is_some_and(|p| !p.thread.is_finished()) {
-        return Err(Refusal::InProgress);
+    let server = control.server();
+    let mut state = lock(&server.upgrade);
+    match &*state {
+        UpgradeState::Closed => return Err(Refusal::ShuttingDown),
+        UpgradeState::Pending { thread, .. } if !thread.is_finished() => {
+            return Err(Refusal::InProgress)
+        }
+        _ if server.is_shutting_down() => return Err(Refusal::ShuttingDown),
+        _ => {}
     }
     log::info!("upgrade: starting {}", program.path.display());
+    // Before any other process can hold the sockets, and on this thread:
+    // a shutdown asked for after this (which cancels the upgrade) reaches
+    // the supervisor through its channel, so it sees the flag and only
+    // closes its fd.
+    server.listener_shared.store(true, Relaxed);
     let (cancel, cancelled) = crossbeam_channel::bounded(1);
     let (control, program) = (control.clone(), program.clone());
     let thread = thread::Builder::new()
@@ -56,23 +69,24 @@ pub(crate) fn begin(control: &Control, program: &Program) -> Result<(), Refusal>
             log::error!("upgrade failed: cannot start its thread: {err}");
             Refusal::NoThread
         })?;
-    *pending = Some(PendingUpgrade { thread, cancel });
+    *state = UpgradeState::Pending { thread, cancel };
     Ok(())
 }
 
 /// Cancels the upgrade under way, if any (its new process is stopped).
 pub(crate) fn cancel(control: &Control) {
-    if let Some(pending) = lock(&control.server().upgrade).as_ref() {
-        let _ = pending.cancel.send(());
+    if let UpgradeState::Pending { cancel, .. } = &*lock(&control.server().upgrade) {
+        let _ = cancel.send(());
     }
 }
 
-/// Cancels the upgrade under way, if any, and waits for its end.
+/// The server ends: no upgrade starts from now on, and the one under way,
+/// if any, is cancelled and waited for.
 pub(crate) fn finish(control: &Control) {
-    let pending = lock(&control.server().upgrade).take();
-    if let Some(pending) = pending {
-        let _ = pending.cancel.send(());
-        let _ = pending.thread.join();
+    let state = std::mem::replace(&mut *lock(&control.server().upgrade), UpgradeState::Closed);
+    if let UpgradeState::Pending { thread, cancel } = state {
+        let _ = cancel.send(());
+        let _ = thread.join();
     }
 }
 
@@ -80,12 +94,17 @@ pub(crate) fn finish(control: &Control) {
 /// asked to shut down meanwhile.
 fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
     let me = std::process::id();
-    let timeout = control.server().config.upgrade_timeout;
-    notify_service_manager("RELOADING=1\nSTATUS=upgrading");
+    let server = control.server();
+    let timeout = server.config.upgrade_timeout;
+    notify_service_manager(&format!(
+        "RELOADING=1\nMONOTONIC_USEC={}\nSTATUS=upgrading",
+        sys::monotonic_micros()
+    ));
     let (mut child, ready) = match start(control, program) {
         Ok(started) => started,
         Err(err) => {
             let why = format!("cannot start {}: {err}", program.path.display());
+            sockets_to_ourselves(control);
             return failed(&why, me);
         }
     };
@@ -96,8 +115,15 @@ fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
     );
     let started = Instant::now();
     let deadline = started + timeout;
+    let cancelled = || cancel.try_recv().is_ok() || server.is_shutting_down();
     select! {
         recv(ready) -> said => match said {
+            // A shutdown that came with it wins: this process was asked to
+            // stop, not to hand over.
+            Ok(true) if cancelled() => {
+                log::warn!("upgrade: cancelled by a shutdown; stopping new process pid={pid}");
+                stop(&mut child, control);
+            }
             Ok(true) => {
                 let took = started.elapsed();
                 log::info!("upgrade: new process pid={pid} is serving after {took:?}; pid {me} drains and exits");
@@ -106,10 +132,11 @@ fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
                 // It outlives this process; its exit is for its new
                 // parent (systemd, init or a subreaper) to collect.
                 drop(child);
+                return;
             }
             _ => match wait_for_exit(&mut child, Instant::now() + EXIT_AFTER_CLOSE) {
                 Some(status) => {
-                    failed(&format!("new process pid={pid} {} before it was ready", exited(status)), me)
+                    failed(&format!("new process pid={pid} {} before it was ready", exited(status)), me);
                 }
                 None => {
                     failed(&format!("new process pid={pid} closed its readiness pipe without being ready; stopping it"), me);
@@ -126,6 +153,16 @@ fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
             stop(&mut child, control);
         },
     }
+    // Reaped: nobody else holds the sockets now.
+    sockets_to_ourselves(control);
+}
+
+/// No other process holds the sockets (the new one never started, or
+/// has been reaped), unless they were inherited: a shutdown may refuse new
+/// clients at once again.
+fn sockets_to_ourselves(control: &Control) {
+    let server = control.server();
+    server.listener_shared.store(server.listener_inherited, Relaxed);
 }
 
 fn failed(why: &str, me: u32) {
@@ -142,6 +179,12 @@ fn start(control: &Control, program: &Program) -> std::io::Result<(Child, Receiv
         sockets.push(("admin", admin.as_raw_fd()));
     }
     let (read_end, write_end) = sys::pipe()?;
+    // The reader first: once the child runs, nothing may fail before it is
+    // watched (a child nobody watches would serve on, unstopped).
+    let (said, ready) = crossbeam_channel::bounded(1);
+    thread::Builder::new().name("vigil-upgrade-pipe".into()).spawn(move || {
+        let _ = said.send(read_ready_line(std::fs::File::from(read_end)));
+    })?;
     let names: Vec<String> = sockets.iter().map(|(name, fd)| format!("{name}:{fd}")).collect();
     let mut command = Command::new(&program.path);
     command
@@ -157,34 +200,31 @@ fn start(control: &Control, program: &Program) -> std::io::Result<(Child, Receiv
     let mut inherited: Vec<RawFd> = sockets.iter().map(|&(_, fd)| fd).collect();
     inherited.push(write_end.as_raw_fd());
     sys::inherit_on_exec(&mut command, inherited);
-    // From the fork on, another process holds the sockets: a shutdown of
-    // this one must only close its fds.
-    server.listener_shared.store(true, Relaxed);
     let child = command.spawn()?;
-    // Only the child writes: its exit closes the pipe.
+    // Only the child writes: its exit closes the pipe (and a failed spawn
+    // closes it here, which ends the reader).
     drop(write_end);
-    let (said, ready) = crossbeam_channel::bounded(1);
-    thread::Builder::new().name("vigil-upgrade-pipe".into()).spawn(move || {
-        let mut pipe = std::fs::File::from(read_end);
-        let mut line = Vec::with_capacity(READY_LINE.len());
-        let mut buf = [0u8; 64];
-        let is_ready = loop {
-            match pipe.read(&mut buf) {
-                Ok(0) | Err(_) => break false,
-                Ok(n) => {
-                    line.extend_from_slice(&buf[..n]);
-                    if line.starts_with(READY_LINE) {
-                        break true;
-                    }
-                    if line.len() >= READY_LINE.len() {
-                        break false;
-                    }
+    Ok((child, ready))
+}
+
+/// True once `pipe` carries the ready line; false if it closes first.
+fn read_ready_line(mut pipe: std::fs::File) -> bool {
+    let mut line = Vec::with_capacity(READY_LINE.len());
+    let mut buf = [0u8; 64];
+    loop {
+        match pipe.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => {
+                line.extend_from_slice(&buf[..n]);
+                if line.starts_with(READY_LINE) {
+                    return true;
+                }
+                if line.len() >= READY_LINE.len() {
+                    return false;
                 }
             }
-        };
-        let _ = said.send(is_ready);
-    })?;
-    Ok((child, ready))
+        }
+    }
 }
 
 /// Stops a new process that will not take over: SIGTERM (it drains what

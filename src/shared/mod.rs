@@ -50,8 +50,12 @@ pub(crate) struct ServerShared {
     pub(crate) successor: AtomicU32,
     /// A duplicate of the admin plane's listening socket, to hand over.
     pub(crate) admin_socket: OnceLock<TcpListener>,
-    /// The upgrade under way, if any: its thread, and how to cancel it.
-    pub(crate) upgrade: Mutex<Option<PendingUpgrade>>,
+    /// The listening socket came from another process (systemd, or the
+    /// process this one replaced): `listener_shared` never goes back to
+    /// false.
+    pub(crate) listener_inherited: bool,
+    /// Upgrades: none yet, one under way, or no more (the server ends).
+    pub(crate) upgrade: Mutex<UpgradeState>,
     pub(crate) local_addr: SocketAddr,
     pub(crate) started: Instant,
     /// Open connections per client address, when capped.
@@ -128,12 +132,26 @@ impl ServerShared {
     }
 }
 
-/// An upgrade's thread, and the sender that cancels it (the process
-/// shuts down: a new process not yet serving is stopped).
-#[derive(Debug)]
-pub(crate) struct PendingUpgrade {
-    pub(crate) thread: std::thread::JoinHandle<()>,
-    pub(crate) cancel: crossbeam_channel::Sender<()>,
+/// Where upgrades stand.
+#[derive(Debug, Default)]
+pub(crate) enum UpgradeState {
+    /// None under way (one may have ended).
+    #[default]
+    Idle,
+    /// One under way: its thread, and the sender that cancels it (the
+    /// process shuts down: a new process not yet serving is stopped).
+    Pending { thread: std::thread::JoinHandle<()>, cancel: crossbeam_channel::Sender<()> },
+    /// The server ends: no upgrade may start.
+    Closed,
+}
+
+impl ServerShared {
+    /// A shutdown was asked for or is under way.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.draining.load(Relaxed)
+            || self.stop_now.load(Relaxed)
+            || self.shutdown_pending.load(Relaxed)
+    }
 }
 
 /// How often `deliver` looks for a loop that takes connections before it

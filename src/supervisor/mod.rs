@@ -93,7 +93,23 @@ pub(crate) fn start<F: ServiceFactory>(
         outcome: Outcome::Stopped,
     };
     for slot in 0..server.config.loops {
-        let running = supervisor.spawn_loop(slot, 0, Vec::new(), STARTUP_READY_TIMEOUT)?;
+        let started = supervisor.spawn_loop(slot, 0, Vec::new(), STARTUP_READY_TIMEOUT);
+        let running = match started {
+            Ok(running) if running.shared.state() == LoopState::Serving => running,
+            // A server that starts says it serves (to systemd, to the
+            // process it replaces): every loop must.
+            failed => {
+                server.stop_now.store(true, Relaxed);
+                for running in supervisor.current().chain(failed.as_ref().ok()) {
+                    running.shared.wake();
+                }
+                let why = match failed {
+                    Err(err) => err.to_string(),
+                    Ok(_) => format!("not listening within {STARTUP_READY_TIMEOUT:?}"),
+                };
+                return Err(io::Error::other(format!("loop {slot} did not start: {why}")));
+            }
+        };
         supervisor.slots.push(Slot {
             running: Some(running),
             observation: None,
