@@ -9,6 +9,9 @@ BENCH_OUT      := target/bench
 # lands in the source tree and the two share their common dependencies.
 BENCH_TARGET   := target/bench-build
 MAY_HELLO      := $(BENCH_TARGET)/release/may-hello
+# The floor: a minimal level-triggered epoll server in C (benches/peers/c-floor).
+C_FLOOR        := $(BENCH_TARGET)/c-floor
+CC             ?= cc
 COMPARE        := $(BENCH_TARGET)/release/compare
 # Override to measure another build: `make bench VIGIL_BIN=/path/to/vigil`.
 VIGIL_BIN      ?= target/release/vigil
@@ -16,7 +19,7 @@ BENCH_ARGS     ?=
 
 export VIGIL_BIN
 
-.PHONY: bench bench-quick chaos bench-slow bench-tools bench-build bench-vigil
+.PHONY: bench bench-quick chaos bench-slow bench-tools bench-build bench-vigil bench-instructions
 
 # wrk is the load generator; nginx is an optional peer (the driver skips it
 # when absent). Installed only when missing, so a warm machine runs offline.
@@ -45,15 +48,25 @@ bench-vigil:
 bench-build:
 	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/peers/may-hello/Cargo.toml --target-dir $(BENCH_TARGET)
 	$(CARGO) build --release --locked --manifest-path $(BENCH_DIR)/compare/Cargo.toml --target-dir $(BENCH_TARGET)
+	mkdir -p $(BENCH_TARGET)
+	$(CC) -O2 -Wall -Wextra -Werror -o $(C_FLOOR) $(BENCH_DIR)/peers/c-floor/floor.c
 
 # The default VIGIL_BIN is built here; a VIGIL_BIN pointing elsewhere is used as is.
 BENCH_DEPS := bench-tools bench-build $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
 
 bench: $(BENCH_DEPS)
-	$(COMPARE) bench --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+	$(COMPARE) bench --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --floor-bin $(C_FLOOR) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
 
 bench-quick: $(BENCH_DEPS)
-	$(COMPARE) bench --quick --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+	$(COMPARE) bench --quick --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --floor-bin $(C_FLOOR) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
+
+# Instructions per request under callgrind (deterministic, unlike time):
+# vigil, may_minihttp and the C floor, keep-alive and pipelined x16, with
+# vigil's top functions. Results in target/bench/instructions.md.
+bench-instructions: bench-build $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	$(COMPARE) instructions --out $(BENCH_OUT) --may-bin $(MAY_HELLO) --floor-bin $(C_FLOOR) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)
 
 chaos: $(BENCH_DEPS)
 	$(COMPARE) chaos --out $(BENCH_OUT) --vigil-bin $(VIGIL_BIN) $(BENCH_ARGS)

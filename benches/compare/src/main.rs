@@ -8,10 +8,13 @@
 //! compare slow     [--quick] [options]   1 request in 10,000 burns 20 ms inline:
 //!                                        fast-request latency, vigil with and
 //!                                        without handoff, node cluster, may
+//! compare instructions [options]         instructions per request under
+//!                                        callgrind: vigil, may, the C floor
 //! ```
 //! See BENCHMARKS.md for what is measured and why.
 
 mod chart;
+mod instructions;
 mod loadgen;
 mod procfs;
 mod report;
@@ -103,6 +106,8 @@ pub struct Config {
     pub out: PathBuf,
     pub vigil: Option<PathBuf>,
     pub may: Option<PathBuf>,
+    /// The minimal C epoll server (benches/peers/c-floor).
+    pub floor: Option<PathBuf>,
     pub node: Option<PathBuf>,
     pub nginx: Option<PathBuf>,
     pub peers_dir: PathBuf,
@@ -130,14 +135,15 @@ pub enum Mode {
     Chaos,
     Overhead,
     Slow,
+    Instructions,
 }
 
-const USAGE: &str = "usage: compare bench|chaos|overhead|slow [--quick] [--out DIR]
+const USAGE: &str = "usage: compare bench|chaos|overhead|slow|instructions [--quick] [--out DIR]
   [--vigil-bin PATH (default $VIGIL_BIN or target/release/vigil)]
-  [--may-bin PATH] [--peers DIR (default benches/peers)]
+  [--may-bin PATH] [--floor-bin PATH] [--peers DIR (default benches/peers)]
   [--secs S] [--warmup S] [--reps N] [--chaos-secs S] [--chaos-n N]
   [--slow-secs S] [--slow-every N] [--slow-ms MS] [--handoff-after D] [--handoff-grid D,D..]
-  [--only vigil,may_minihttp,node,node-cluster,nginx]";
+  [--only vigil,may_minihttp,c-floor,node,node-cluster,nginx]";
 
 fn main() -> ExitCode {
     match parse_args(std::env::args().skip(1).collect()).and_then(|c| run(&c)) {
@@ -156,6 +162,7 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         Some("chaos") => Mode::Chaos,
         Some("overhead") => Mode::Overhead,
         Some("slow") => Mode::Slow,
+        Some("instructions") => Mode::Instructions,
         _ => return Err(USAGE.into()),
     };
     let mut raw: Vec<(String, Option<String>)> = Vec::new();
@@ -187,6 +194,7 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
         out: get("--out").unwrap_or_else(|| "target/bench".into()).into(),
         vigil: existing(vigil.into()),
         may: get("--may-bin").map(PathBuf::from).and_then(existing),
+        floor: get("--floor-bin").map(PathBuf::from).and_then(existing),
         node: server::which("node"),
         nginx: server::which("nginx"),
         peers_dir: get("--peers").unwrap_or_else(|| "benches/peers".into()).into(),
@@ -222,6 +230,9 @@ fn parse_args(args: Vec<String>) -> Result<Config> {
 
 fn run(cfg: &Config) -> Result<()> {
     std::fs::create_dir_all(cfg.out.join("logs"))?;
+    if cfg.mode == Mode::Instructions {
+        return instructions::run(cfg);
+    }
     // The slow mix needs the driver's own generator only.
     if cfg.mode != Mode::Slow && server::which("wrk").is_none() {
         return Err("wrk is not installed (make bench installs it)".into());
@@ -248,6 +259,7 @@ fn run(cfg: &Config) -> Result<()> {
         }
         Mode::Overhead => overhead(cfg),
         Mode::Slow => slow::run(cfg),
+        Mode::Instructions => instructions::run(cfg),
     }
 }
 
@@ -266,6 +278,8 @@ fn available(cfg: &Config, name: &str, setup: Setup) -> bool {
     let installed = match (name, setup) {
         ("vigil", _) => cfg.vigil.is_some(),
         ("may_minihttp", _) => cfg.may.is_some(),
+        // One thread: the floor of one core, measured pinned only.
+        ("c-floor", Setup::Pinned) => cfg.floor.is_some(),
         ("node", Setup::Pinned) | ("node-cluster", Setup::Whole) => cfg.node.is_some(),
         ("nginx", _) => cfg.nginx.is_some(),
         _ => false,
@@ -309,6 +323,10 @@ fn spec_for(
         ("may_minihttp", _) => {
             let Some(bin) = &cfg.may else { return Ok(None) };
             vec![path(bin), addr.to_string(), workers.into()]
+        }
+        ("c-floor", Setup::Pinned) => {
+            let Some(bin) = &cfg.floor else { return Ok(None) };
+            vec![path(bin), addr.to_string()]
         }
         ("node", Setup::Pinned) => {
             let Some(node) = &cfg.node else {
@@ -507,7 +525,8 @@ pub fn pin_current_thread(cpus: &[usize]) {
     }
 }
 
-const BENCH_SERVERS: [&str; 5] = ["may_minihttp", "vigil", "node", "node-cluster", "nginx"];
+const BENCH_SERVERS: [&str; 6] =
+    ["may_minihttp", "vigil", "c-floor", "node", "node-cluster", "nginx"];
 
 fn bench(cfg: &Config) -> Result<()> {
     let setups = [Setup::Pinned, Setup::Whole];
