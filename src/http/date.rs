@@ -51,6 +51,11 @@ impl DateCache {
     }
 
     /// The 29 bytes of the current date.
+    /// The second the date text stands for: equal seconds, equal text.
+    pub(crate) fn secs(&self) -> u64 {
+        self.secs
+    }
+
     pub(crate) fn bytes(&self) -> &[u8; 29] {
         &self.text
     }

@@ -185,10 +185,128 @@ pub(crate) struct Encoding {
 /// keep-alive`) and replaced by the single `Connection: close` otherwise.
 /// A 101 closes the connection: nothing here switches protocols.
 pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut Vec<u8>) -> bool {
+    let key = HeadKey::of(res, enc, date);
+    if let Some(key) = &key {
+        let hit = LAST_HEAD.with_borrow(|last| {
+            let hit = last.key.as_ref().is_some_and(|last| last.matches(key));
+            if hit {
+                out.reserve(last.head.len() + res.body_bytes().len());
+                out.extend_from_slice(&last.head);
+            }
+            hit.then_some(last.keep_alive)
+        });
+        if let Some(keep_alive) = hit {
+            out.extend_from_slice(body_on_the_wire(res, enc));
+            return keep_alive;
+        }
+    }
+    let head_start = out.len();
+    match encode_head(res, enc, date, out) {
+        Ok(keep_alive) => {
+            if let Some(key) = key {
+                let head = &out[head_start..];
+                LAST_HEAD.with_borrow_mut(|last| {
+                    last.head.clear();
+                    last.head.extend_from_slice(head);
+                    last.key = Some(key);
+                    last.keep_alive = keep_alive;
+                });
+            }
+            out.extend_from_slice(body_on_the_wire(res, enc));
+            keep_alive
+        }
+        // Replaced by a 500 without a body.
+        Err(keep_alive) => keep_alive,
+    }
+}
+
+/// The body bytes sent for a valid response: none for HEAD, 1xx, 204 and
+/// 304.
+fn body_on_the_wire(res: &Response, enc: Encoding) -> &[u8] {
+    let framed = res.status >= 200 && res.status != 204 && res.status != 304;
+    if framed && !enc.head_request {
+        res.body_bytes()
+    } else {
+        b""
+    }
+}
+
+/// What the head of a response is made of, when every field is a
+/// `&'static str` (a string that lives for the whole program never changes,
+/// so its address stands for its bytes): equal keys, equal heads. HEAD or
+/// not is left out: its head is GET's (with GET's `Content-Length`).
+///
+/// Packed in words, of which only the first `len` count: comparing two
+/// keys is a few word compares, not a field-by-field comparison.
+#[derive(Clone, Copy, Debug)]
+struct HeadKey {
+    len: usize,
+    words: [u64; 3 + 3 * CACHED_FIELDS],
+}
+
+/// Most fields a cached head may have.
+const CACHED_FIELDS: usize = 4;
+
+impl HeadKey {
+    fn of(res: &Response, enc: Encoding, date: &DateCache) -> Option<HeadKey> {
+        let count = res.headers.len();
+        if count > CACHED_FIELDS {
+            return None;
+        }
+        let mut words = [0u64; 3 + 3 * CACHED_FIELDS];
+        words[0] = u64::from(res.status)
+            | u64::from(enc.keep_alive) << 16
+            | u64::from(res.close) << 17
+            | u64::from(enc.http10) << 18
+            | (count as u64) << 20;
+        words[1] = res.body_bytes().len() as u64;
+        words[2] = date.secs();
+        for (at, (name, value)) in (3..).step_by(3).zip(&res.headers) {
+            let (Cow::Borrowed(name), Cow::Borrowed(value)) = (name, value) else { return None };
+            words[at] = name.as_ptr() as u64;
+            words[at + 1] = value.as_ptr() as u64;
+            words[at + 2] = (name.len() as u64) << 32 | value.len() as u64;
+        }
+        Some(HeadKey { len: 3 + 3 * count, words })
+    }
+
+    fn matches(&self, other: &HeadKey) -> bool {
+        // Equal first words mean equal field counts, so equal `len`s.
+        self.words[..self.len] == other.words[..self.len]
+    }
+}
+
+/// The head last encoded on this thread (so per loop), and its key.
+struct LastHead {
+    key: Option<HeadKey>,
+    head: Vec<u8>,
+    keep_alive: bool,
+}
+
+thread_local! {
+    // A service answers most requests with the same status, the same
+    // static fields and a body of the same length: the head is then the
+    // same bytes, copied instead of built (validating and writing each
+    // field, the Content-Length digits). Measured (make bench-instructions):
+    // 1,653 -> 1,455 instructions per pipelined request, 2,535 -> 2,336 per
+    // keep-alive one.
+    static LAST_HEAD: std::cell::RefCell<LastHead> =
+        const { std::cell::RefCell::new(LastHead { key: None, head: Vec::new(), keep_alive: false }) };
+}
+
+/// Appends the head of `res` (status line, fields, blank line) to `out`;
+/// whether the connection stays open. `Err` when the response was invalid
+/// and a whole 500 was written instead (not to be cached, no body follows).
+fn encode_head(
+    res: &Response,
+    enc: Encoding,
+    date: &DateCache,
+    out: &mut Vec<u8>,
+) -> Result<bool, bool> {
     let status = res.status;
     if status != 101 && !(200..=999).contains(&status) {
         log::error!("service set status {status}, which cannot be framed; sending 500");
-        return encode_error(res, enc, date, out);
+        return Err(encode_error(res, enc, date, out));
     }
 
     // One pass over the service's fields validates them and sizes the output.
@@ -198,7 +316,7 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
         match field_kind(name, value) {
             FieldKind::Invalid => {
                 log::error!("service set an invalid header field {name:?}: {value:?}; sending 500");
-                return encode_error(res, enc, date, out);
+                return Err(encode_error(res, enc, date, out));
             }
             FieldKind::Connection => close |= has_close_token(value),
             FieldKind::Plain | FieldKind::ServerOwned => {}
@@ -212,7 +330,8 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     let body = res.body_bytes();
     let body_out = if framed && !enc.head_request { body } else { b"" };
     // Status line and our fields take at most ~150 bytes; reserving once
-    // saves the regrowth copies of several small extends.
+    // (the body included: the caller appends it) saves the regrowth copies
+    // of several small extends.
     out.reserve(160 + fields_len + body_out.len());
 
     if status == 200 {
@@ -250,8 +369,7 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     } else {
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(body_out);
-    !close
+    Ok(!close)
 }
 
 /// The 500 sent for a handler or offloaded work that panicked.
@@ -498,6 +616,65 @@ mod tests {
         let open = encode(res, enc, &date(), &mut out);
         assert_eq!(&out[..8], b"previous", "encode appends");
         (String::from_utf8(out[8..].to_vec()).unwrap(), open)
+    }
+
+    /// Each response encoded after the one before it (the cache warm)
+    /// gives the same bytes and the same answer as encoded alone.
+    #[test]
+    fn a_cached_head_is_the_head_it_stands_for() {
+        let later = {
+            let mut date = DateCache::new();
+            date.refresh(UNIX_EPOCH + Duration::from_secs(784_111_778));
+            date
+        };
+        let mut owned = hello();
+        owned.header(String::from("X-Id"), String::from("7"));
+        let mut other_length = hello();
+        other_length.body(b"Hello, World!!".to_vec());
+        let mut not_found = hello();
+        not_found.status(404);
+        let mut closing = hello();
+        closing.close();
+        let mut invalid = hello();
+        invalid.header("X-Bad", "a\r\nb");
+        let mut switching = Response::new();
+        switching.status(101).header("Upgrade", "x");
+        let http10 = Encoding { http10: true, ..KEEP };
+        let (hello, first) = (hello(), date());
+        let steps: Vec<(&Response, Encoding, &DateCache)> = vec![
+            (&hello, KEEP, &first),
+            (&hello, KEEP, &first),
+            (&hello, HEAD, &first),
+            (&hello, KEEP, &later),
+            (&other_length, KEEP, &later),
+            (&hello, CLOSE, &later),
+            (&hello, http10, &later),
+            (&not_found, KEEP, &later),
+            (&closing, KEEP, &later),
+            (&owned, KEEP, &later),
+            (&invalid, KEEP, &later),
+            (&invalid, KEEP, &later),
+            (&switching, KEEP, &later),
+            (&hello, KEEP, &later),
+        ];
+        let mut warm = Vec::new();
+        for (i, &(res, enc, date)) in steps.iter().enumerate() {
+            let mut out = Vec::new();
+            let open = encode(res, enc, date, &mut out);
+            warm.push((i, out, open));
+        }
+        for (i, warm_out, warm_open) in warm {
+            let (res, enc, date) = steps[i];
+            LAST_HEAD.with_borrow_mut(|last| last.key = None);
+            let mut cold = Vec::new();
+            let cold_open = encode(res, enc, date, &mut cold);
+            assert_eq!(
+                String::from_utf8_lossy(&warm_out),
+                String::from_utf8_lossy(&cold),
+                "step {i}"
+            );
+            assert_eq!(warm_open, cold_open, "step {i}");
+        }
     }
 
     fn hello() -> Response {
