@@ -252,6 +252,9 @@ impl LastHead {
 
     /// A `&'static` field's words: its name's and value's addresses, and
     /// both lengths.
+    // `&Cow`, not `&str`: whether the string is borrowed for 'static is the
+    // point.
+    #[allow(clippy::ptr_arg)]
     fn field_words(name: &Cow<'static, str>, value: &Cow<'static, str>) -> Option<[u64; 3]> {
         let (Cow::Borrowed(name), Cow::Borrowed(value)) = (name, value) else { return None };
         let lengths = (name.len() as u64) << 32 | value.len() as u64;
