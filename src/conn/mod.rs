@@ -269,7 +269,7 @@ impl Conn {
         scratch: &mut [u8],
         cx: &mut LoopContext<F>,
     ) -> Result<ReadResult, IoVerdict> {
-        let n = match io::read(&self.socket.stream, scratch)? {
+        let n = match io::read(self.socket.raw(), scratch)? {
             None => return Ok(ReadResult::Drained),
             Some(0) => return Ok(ReadResult::Eof),
             Some(n) => n,
@@ -653,7 +653,7 @@ impl Conn {
             if cx.out.is_empty() {
                 return self.after_flush(cx);
             }
-            let written = match io::write_nonblocking(&self.socket.stream, &cx.out) {
+            let written = match io::write_nonblocking(self.socket.raw(), &cx.out) {
                 Ok(n) => n,
                 Err(_) => {
                     cx.out.clear();
@@ -667,7 +667,7 @@ impl Conn {
         } else {
             self.output.extend_from_slice(&cx.out);
             cx.out.clear();
-            match io::write_nonblocking(&self.socket.stream, &self.output[self.written..]) {
+            match io::write_nonblocking(self.socket.raw(), &self.output[self.written..]) {
                 Ok(n) => self.written += n,
                 Err(_) => return Next::Close,
             }

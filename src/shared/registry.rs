@@ -23,6 +23,7 @@
 //! (no insert into a registry being taken over, no delivery into an inbox
 //! being emptied); the claim word needs no lock.
 
+use crate::sys::RawSocket;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -70,6 +71,12 @@ impl SharedSocket {
         ticket: Option<Arc<PeerTicket>>,
     ) -> SharedSocket {
         SharedSocket { stream, claim: AtomicU8::new(IDLE), adopted, ticket }
+    }
+
+    /// The socket for reads and writes (see [`RawSocket`]). The fd lives
+    /// as long as `stream`, which `self` owns.
+    pub(crate) fn raw(&self) -> RawSocket {
+        RawSocket(std::os::fd::AsRawFd::as_raw_fd(&self.stream))
     }
 
     /// The connection has ended: its address's count goes down.
