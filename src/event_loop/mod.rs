@@ -11,7 +11,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -219,7 +219,7 @@ impl<F: ServiceFactory> EventLoop<F> {
         self.cx.progress += 1;
         self.cx.shared.heartbeat.beat(self.cx.progress, true);
         self.cx.now = Instant::now();
-        self.cx.date.refresh(SystemTime::now());
+        self.cx.date.refresh_at(self.cx.now);
         Ok(())
     }
 
