@@ -210,8 +210,14 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     let notify = Notifications::bind(&dir);
     let mut command = Command::new(dir.install_vigil());
     command.env("NOTIFY_SOCKET", &notify.path);
-    let mut old = Vigil::spawn_command(command, &["--loops", "2", "--admin", "127.0.0.1:0"]);
+    let pid_file = dir.0.join("vigil.pid");
+    let pid_arg = pid_file.to_str().unwrap();
+    let args = ["--loops", "2", "--admin", "127.0.0.1:0", "--pid-file", pid_arg];
+    let mut old = Vigil::spawn_command(command, &args);
     assert_eq!(notify.next(), "READY=1");
+    // Written once the process serves (it says so first).
+    let names = |pid: u32| fs::read_to_string(&pid_file).is_ok_and(|s| s == format!("{pid}\n"));
+    assert!(util::eventually(util::IO_TIMEOUT, || names(old.pid())), "the pid file names it");
     let admin = old.admin.unwrap();
     let load = Load::start(old.addr, 4);
     load.wait_for(200);
@@ -232,6 +238,8 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     // The old process drains and exits 0; clients go on being answered.
     let status = old.wait_with_timeout(util::IO_TIMEOUT);
     assert_eq!(status, Some(0), "the old process drains and exits");
+    // The new process replaced the pid file; the old one left it at exit.
+    assert!(util::eventually(util::IO_TIMEOUT, || names(new)), "the pid file names the new one");
     load.wait_for(200);
     let (answered, failures) = load.finish();
     assert!(failures.is_empty(), "{} failures of {answered}: {failures:?}", failures.len());
@@ -246,6 +254,8 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     assert_eq!(notify.next(), "STOPPING=1");
     let log: Vec<String> = old.log.iter().collect();
     assert!(log.iter().any(|l| l.contains("vigil drained")), "the new process drained: {log:#?}");
+    // stderr ended: both have exited, the one the file named removed it.
+    assert!(!pid_file.exists(), "the serving process removes its pid file at exit");
 }
 
 #[test]
@@ -406,4 +416,34 @@ fn clients_queued_in_the_backlog_are_served_by_the_new_process() {
     let rest = old.rest_of_log();
     assert!(rest.iter().any(|l| l.contains("vigil drained")), "{rest:#?}");
     assert!(!rest.iter().any(|l| l.contains("drain timed out")), "{rest:#?}");
+}
+
+#[test]
+fn an_upgrade_from_socket_activation_leaves_the_socket_to_systemd() {
+    let dir = Scratch::new("activation-upgrade");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let passed = OwnedFd::from(listener.try_clone().unwrap());
+    // As systemd starts it, through a path an upgrade starts again.
+    let program = dir.install_vigil();
+    let script = "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES=http; exec \"$0\" \"$@\"";
+    let mut command = Command::new("sh");
+    command.args(["-c", script]).arg(&program).stdin(Stdio::from(passed));
+    let mut old = Vigil::spawn_command(command, &["--loops", "1"]);
+    assert_eq!(old.addr, addr);
+
+    signal(old.pid(), "USR2");
+    old.expect_line("inherited socket name=http fd=");
+    let new = pid_in(&old.expect_line("is serving after"));
+    assert_eq!(old.wait_with_timeout(util::IO_TIMEOUT), Some(0));
+    assert_eq!(util::get(addr, "/").unwrap().status, 200, "the new process serves the socket");
+    // Neither process shuts the socket down: after both have gone, its
+    // first holder still accepts on it.
+    signal(new, "TERM");
+    let rest = old.rest_of_log();
+    assert!(rest.iter().any(|l| l.contains("vigil drained")), "{rest:#?}");
+    listener.set_nonblocking(false).unwrap();
+    let client = TcpStream::connect(addr).expect("the socket still takes clients");
+    let (_accepted, peer) = listener.accept().expect("its first holder accepts");
+    assert_eq!(peer, client.local_addr().unwrap());
 }
