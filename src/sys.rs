@@ -182,19 +182,50 @@ pub(crate) struct RawSocket(pub(crate) RawFd);
 
 impl io::Read for RawSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let (ptr, len) = (buf.as_mut_ptr(), buf.len());
-        let null = std::ptr::null_mut::<libc::sockaddr>();
-        let n = syscall!(syscall(libc::SYS_recvfrom, self.0, ptr, len, 0, null, null))?;
+        // Every argument a full register wide, as `syscall`'s varargs are
+        // read (glibc and musl alike).
+        let args: [libc::c_long; 6] = [
+            self.0 as libc::c_long,
+            buf.as_mut_ptr() as libc::c_long,
+            buf.len() as libc::c_long,
+            0,
+            0,
+            0,
+        ];
+        let n = syscall!(syscall(
+            libc::SYS_recvfrom,
+            args[0],
+            args[1],
+            args[2],
+            args[3],
+            args[4],
+            args[5]
+        ))?;
         Ok(n as usize)
     }
 }
 
 impl io::Write for RawSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let (ptr, len) = (buf.as_ptr(), buf.len());
-        let null = std::ptr::null::<libc::sockaddr>();
         // MSG_NOSIGNAL: a peer that went away is an EPIPE, not a SIGPIPE.
-        let n = syscall!(syscall(libc::SYS_sendto, self.0, ptr, len, libc::MSG_NOSIGNAL, null, 0))?;
+        // No address (NULL, 0): the socket is connected.
+        let args: [libc::c_long; 6] = [
+            self.0 as libc::c_long,
+            buf.as_ptr() as libc::c_long,
+            buf.len() as libc::c_long,
+            libc::MSG_NOSIGNAL as libc::c_long,
+            0,
+            0,
+        ];
+        let n = syscall!(syscall(
+            libc::SYS_sendto,
+            args[0],
+            args[1],
+            args[2],
+            args[3],
+            args[4],
+            args[5]
+        ))?;
         Ok(n as usize)
     }
 

@@ -57,7 +57,6 @@ impl DateCache {
         }
     }
 
-    /// The 29 bytes of the current date.
     /// Refreshes from the wall clock only once the second last read may be
     /// over, `now` being a monotonic reading a loop has taken anyway: most
     /// wake-ups then read no clock for the date. Measured (make
@@ -78,6 +77,7 @@ impl DateCache {
         self.secs
     }
 
+    /// The 29 bytes of the current date.
     pub(crate) fn bytes(&self) -> &[u8; 29] {
         &self.text
     }

@@ -1005,6 +1005,7 @@ mod tests {
 
     #[test]
     fn host_memo_agrees_with_authority() {
+        let long = [b'a'; 65];
         for value in [
             &b"a.example:80"[..],
             b"a b",
@@ -1013,8 +1014,17 @@ mod tests {
             b"u@h",
             b"[::1]:8080",
             b"a.example:80",
+            b" a.example:80 ",
+            b"a.example:80",
+            b"a\t",
+            b" a b",
+            &long,
+            &long,
+            &long[..64],
+            &long[..64],
         ] {
-            assert_eq!(host_is_valid(value), authority(value).is_some(), "{value:?}");
+            let expected = authority(trim_ows(value)).is_some();
+            assert_eq!(host_is_valid(value), expected, "{value:?}");
         }
     }
 

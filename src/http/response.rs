@@ -257,7 +257,12 @@ impl LastHead {
     #[allow(clippy::ptr_arg)]
     fn field_words(name: &Cow<'static, str>, value: &Cow<'static, str>) -> Option<[u64; 3]> {
         let (Cow::Borrowed(name), Cow::Borrowed(value)) = (name, value) else { return None };
-        let lengths = (name.len() as u64) << 32 | value.len() as u64;
+        // Both lengths in one word, so neither may reach 4 GiB.
+        let (Ok(name_len), Ok(value_len)) = (u32::try_from(name.len()), u32::try_from(value.len()))
+        else {
+            return None;
+        };
+        let lengths = u64::from(name_len) << 32 | u64::from(value_len);
         Some([name.as_ptr() as u64, value.as_ptr() as u64, lengths])
     }
 
@@ -661,6 +666,18 @@ mod tests {
         invalid.header("X-Bad", "a\r\nb");
         let mut switching = Response::new();
         switching.status(101).header("Upgrade", "x");
+        let mut no_content = hello();
+        no_content.status(204);
+        let mut not_modified = hello();
+        not_modified.status(304);
+        let mut says_close = hello();
+        says_close.header("Connection", "close");
+        let mut says_keep_alive = hello();
+        says_keep_alive.header("Connection", "keep-alive");
+        let mut many = hello();
+        for name in ["A", "B", "C", "D"] {
+            many.header(name, "1");
+        }
         let http10 = Encoding { http10: true, ..KEEP };
         let (hello, first) = (hello(), date());
         let steps: Vec<(&Response, Encoding, &DateCache)> = vec![
@@ -677,6 +694,16 @@ mod tests {
             (&invalid, KEEP, &later),
             (&invalid, KEEP, &later),
             (&switching, KEEP, &later),
+            (&no_content, KEEP, &later),
+            (&no_content, HEAD, &later),
+            (&not_modified, KEEP, &later),
+            (&says_close, KEEP, &later),
+            (&says_close, KEEP, &later),
+            (&says_keep_alive, http10, &later),
+            (&says_keep_alive, http10, &later),
+            (&says_keep_alive, KEEP, &later),
+            (&many, KEEP, &later),
+            (&many, KEEP, &later),
             (&hello, KEEP, &later),
         ];
         let mut warm = Vec::new();
