@@ -726,6 +726,77 @@ mod tests {
         }
     }
 
+    /// The same, over 2,000 responses drawn at random (a fixed seed) from
+    /// statuses, fields (static, owned, `Connection`, server-owned,
+    /// invalid), bodies, encodings and two dates.
+    #[test]
+    fn a_cached_head_is_the_head_it_stands_for_over_random_responses() {
+        const STATUSES: [u16; 9] = [200, 200, 201, 204, 304, 404, 101, 500, 99];
+        const FIELDS: [(&str, &str); 8] = [
+            ("Content-Type", "text/plain"),
+            ("Content-Type", "application/json"),
+            ("Connection", "close"),
+            ("Connection", "keep-alive"),
+            ("Content-Length", "5"),
+            ("X-Bad", "a\r\nb"),
+            ("Cache-Control", "no-store"),
+            ("Vary", "Accept"),
+        ];
+        const BODIES: [&[u8]; 4] = [b"", b"Hello", b"Hello World\n", b"Hello World!\n"];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = |n: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        };
+        let dates = [date(), {
+            let mut later = DateCache::new();
+            later.refresh(UNIX_EPOCH + Duration::from_secs(784_111_778));
+            later
+        }];
+        let mut hits = 0;
+        for step in 0..2_000 {
+            let mut res = Response::new();
+            res.status(STATUSES[next(STATUSES.len())]);
+            for _ in 0..next(6) {
+                let (name, value) = FIELDS[next(FIELDS.len())];
+                if next(8) == 0 {
+                    res.header(name.to_owned(), value.to_owned());
+                } else {
+                    res.header(name, value);
+                }
+            }
+            res.body_static(BODIES[next(BODIES.len())]);
+            if next(10) == 0 {
+                res.close();
+            }
+            // The same response a few times, under encodings and dates that
+            // change or not: hits and misses both.
+            for repeat in 0..1 + next(4) {
+                let enc = Encoding {
+                    head_request: next(4) == 0,
+                    keep_alive: next(5) != 0,
+                    http10: next(6) == 0,
+                };
+                let date = &dates[next(2)];
+                let hit = LAST_HEAD.with_borrow(|last| last.matches(&res, enc, date));
+                hits += usize::from(hit);
+                let mut warm = Vec::new();
+                let warm_open = encode(&res, enc, date, &mut warm);
+                let remembered = LAST_HEAD.with_borrow(|last| (last.len, last.words));
+                LAST_HEAD.with_borrow_mut(|last| last.len = 0);
+                let mut cold = Vec::new();
+                let cold_open = encode(&res, enc, date, &mut cold);
+                assert_eq!(warm, cold, "step {step}.{repeat} (hit: {hit}): {res:?} {enc:?}");
+                assert_eq!(warm_open, cold_open, "step {step}.{repeat}");
+                // As it was after the warm encode, for the next one.
+                LAST_HEAD.with_borrow_mut(|last| (last.len, last.words) = remembered);
+            }
+        }
+        assert!(hits > 200, "only {hits} hits: the cache is hardly exercised");
+    }
+
     fn hello() -> Response {
         let mut res = Response::new();
         res.header("Content-Type", "text/plain").body_static(b"Hello, World!");
