@@ -100,6 +100,10 @@ impl Control {
     pub(crate) fn hand_over(&self, pid: u32) {
         self.shared.successor.store(pid, Relaxed);
         self.send(Command::HandOver);
+        // Its admin plane leaves the shared admin socket to the new one.
+        if let Some(waker) = self.shared.admin_waker.get() {
+            let _ = waker.wake();
+        }
     }
 
     pub(crate) fn server(&self) -> &Arc<ServerShared> {

@@ -148,6 +148,7 @@ impl<F: ServiceFactory> Server<F> {
             intensity_exceeded: AtomicU64::new(0),
             memory: Mutex::new(MemoryReport::default()),
             admin_addr: OnceLock::new(),
+            admin_waker: OnceLock::new(),
             offload: Arc::new(offload),
         });
         let (commands, supervisor) =
@@ -171,6 +172,7 @@ impl<F: ServiceFactory> Server<F> {
             let plane =
                 admin::start(listener, token, handle.control()).map_err(StartError::Admin)?;
             let _ = shared.admin_addr.set(plane.addr);
+            let _ = shared.admin_waker.set(plane.waker());
             log::info!("admin plane listening addr={}", plane.addr);
             handle.admin = Some(plane);
         }

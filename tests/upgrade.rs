@@ -236,6 +236,7 @@ fn an_upgrade_under_load_hands_the_socket_over_and_loses_no_request() {
     assert!(usec.is_some_and(|n| n.parse::<u64>().is_ok()), "{reloading:?}");
     assert_eq!(notify.next(), format!("MAINPID={new}\nREADY=1\nSTATUS=serving"));
     // The old process drains and exits 0; clients go on being answered.
+    old.expect_line("admin plane: the new process takes the admin socket");
     let status = old.wait_with_timeout(util::IO_TIMEOUT);
     assert_eq!(status, Some(0), "the old process drains and exits");
     // The new process replaced the pid file; the old one left it at exit.

@@ -49,6 +49,13 @@ pub(crate) fn start(
     Ok(AdminPlane { addr, stop, stopping, thread: Some(thread) })
 }
 
+impl AdminPlane {
+    /// Wakes its poll loop, which then looks at the server's state.
+    pub(crate) fn waker(&self) -> std::sync::Arc<mio::Waker> {
+        self.stop.clone()
+    }
+}
+
 impl Drop for AdminPlane {
     fn drop(&mut self) {
         self.stopping.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -186,7 +186,7 @@ impl Plane {
 
     /// After a handover: the new process's admin plane accepts from the
     /// same socket; this one answers the connections it has and accepts no
-    /// more (it checks at least once a second).
+    /// more (the handover wakes it).
     fn leave_listener(&mut self) {
         let _ = self.poll.registry().deregister(&mut self.listener);
         self.listening = false;

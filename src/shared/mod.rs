@@ -84,6 +84,8 @@ pub(crate) struct ServerShared {
     pub(crate) intensity_exceeded: AtomicU64,
     pub(crate) memory: Mutex<MemoryReport>,
     pub(crate) admin_addr: OnceLock<SocketAddr>,
+    /// Wakes the admin plane's poll loop (to see a handover at once).
+    pub(crate) admin_waker: OnceLock<Arc<mio::Waker>>,
     pub(crate) offload: Arc<Pool>,
 }
 
