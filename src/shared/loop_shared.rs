@@ -55,38 +55,56 @@ impl Heartbeat {
     }
 }
 
-/// The method and path of the request a loop is serving, stored as eight
-/// relaxed words so that recording costs a few stores and no lock. The
-/// supervisor reads it only when the loop is stuck (so it is not being
-/// written); a torn read while the loop runs is harmless, it is only logged.
+/// The method and path of the request a loop is serving, in relaxed words,
+/// so that recording costs a few stores and no lock. The supervisor reads
+/// it only when the loop is stuck (so it is not being written); a torn read
+/// while the loop runs is harmless, it is only logged.
+///
+/// Words are packed by shifts, not copied through a buffer: recording
+/// `GET /` this way costs about 40 instructions, against 99 for a zeroed
+/// 64-byte buffer, three copies and eight stores (make bench-instructions).
 #[derive(Debug, Default)]
 pub(crate) struct RequestRecord {
-    words: [AtomicU64; 8],
+    /// Up to 8 bytes of the method (longer ones are cut; none is standard).
+    method: AtomicU64,
+    /// Bytes of the path recorded (at most `PATH_WORDS * 8`).
+    path_len: AtomicU64,
+    path: [AtomicU64; PATH_WORDS],
+}
+
+const PATH_WORDS: usize = 7;
+
+/// Up to 8 bytes as a little-endian word, zero-padded.
+fn pack(bytes: &[u8]) -> u64 {
+    bytes.iter().take(8).enumerate().fold(0, |word, (i, &b)| word | u64::from(b) << (8 * i))
 }
 
 impl RequestRecord {
     pub(crate) fn record(&self, method: &str, path: &str) {
-        let mut bytes = [0u8; 64];
-        let mut len = 0;
-        for part in [method.as_bytes(), b" ", path.as_bytes()] {
-            let take = part.len().min(bytes.len() - len);
-            bytes[len..len + take].copy_from_slice(&part[..take]);
-            len += take;
+        self.method.store(pack(method.as_bytes()), Relaxed);
+        let path = &path.as_bytes()[..path.len().min(PATH_WORDS * 8)];
+        let mut chunks = path.chunks_exact(8);
+        for (word, chunk) in self.path.iter().zip(&mut chunks) {
+            word.store(u64::from_le_bytes(chunk.try_into().expect("8 bytes")), Relaxed);
         }
-        for (word, chunk) in self.words.iter().zip(bytes.chunks_exact(8)) {
-            word.store(u64::from_ne_bytes(chunk.try_into().expect("8 bytes")), Relaxed);
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            self.path[path.len() / 8].store(pack(rest), Relaxed);
         }
+        self.path_len.store(path.len() as u64, Relaxed);
     }
 
     /// `"GET /path"` as last recorded, or `None` before the first request.
     pub(crate) fn read(&self) -> Option<String> {
-        let mut bytes = Vec::with_capacity(64);
-        for word in &self.words {
-            bytes.extend_from_slice(&word.load(Relaxed).to_ne_bytes());
+        let method = self.method.load(Relaxed).to_le_bytes();
+        let method = &method[..method.iter().position(|&b| b == 0).unwrap_or(8)];
+        if method.is_empty() {
+            return None;
         }
-        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
-        bytes.truncate(end);
-        (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned())
+        let len = (self.path_len.load(Relaxed) as usize).min(PATH_WORDS * 8);
+        let path: Vec<u8> =
+            self.path.iter().flat_map(|word| word.load(Relaxed).to_le_bytes()).take(len).collect();
+        Some(format!("{} {}", String::from_utf8_lossy(method), String::from_utf8_lossy(&path)))
     }
 }
 
@@ -262,9 +280,13 @@ mod tests {
         assert_eq!(record.read().as_deref(), Some("GET /spin"));
         let long = format!("/{}", "x".repeat(100));
         record.record("POST", &long);
-        assert_eq!(record.read().unwrap().len(), 64);
+        assert_eq!(record.read().unwrap(), format!("POST {}", &long[..56]));
         record.record("GET", "/a");
         assert_eq!(record.read().as_deref(), Some("GET /a"), "shorter record clears the rest");
+        record.record("PROPFIND", "/exactly-16-byte");
+        assert_eq!(record.read().as_deref(), Some("PROPFIND /exactly-16-byte"));
+        record.record("M-SEARCHING", "*");
+        assert_eq!(record.read().as_deref(), Some("M-SEARCH *"), "methods are cut at 8 bytes");
     }
 
     #[test]
