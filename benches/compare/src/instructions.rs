@@ -72,6 +72,8 @@ pub fn run(cfg: &Config) -> Result<()> {
             argv: Box::new(move |addr| vec![path(&bin), addr.to_string()]),
         });
     }
+    // `--only a,b` as in the load modes.
+    peers.retain(|peer| cfg.only.as_ref().is_none_or(|only| only.iter().any(|n| n == peer.name)));
     let mut rows: Vec<(&'static str, &'static str, f64)> = Vec::new();
     let mut profiles: Vec<(&'static str, PathBuf)> = Vec::new();
     for scenario in SCENARIOS {
