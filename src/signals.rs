@@ -44,25 +44,23 @@ impl SignalWatch {
                         log::info!("signal=SIGHUP: rolling restart of every loop");
                         control.recycle_all();
                     }
-                    SIGUSR2 => {
-                        if let Some(pid) = control.handed_over_to() {
-                            log::warn!(
-                                "signal=SIGUSR2 ignored: pid {pid} serves now, this process drains"
-                            );
-                        } else if let Some(program) = &self.program {
-                            match upgrade::begin(&control, program) {
-                                Ok(()) | Err(Refusal::NoThread) => {}
-                                Err(Refusal::InProgress) => {
-                                    log::warn!("signal=SIGUSR2 ignored: an upgrade is in progress")
-                                }
-                                Err(Refusal::ShuttingDown) => {
-                                    log::warn!("signal=SIGUSR2 ignored: shutting down")
-                                }
+                    SIGUSR2 => match &self.program {
+                        Some(program) => match upgrade::begin(&control, program) {
+                            Ok(()) | Err(Refusal::NoThread) => {}
+                            Err(Refusal::InProgress) => {
+                                log::warn!("signal=SIGUSR2 ignored: an upgrade is in progress")
                             }
-                        } else {
-                            log::error!("signal=SIGUSR2 ignored: the program's path is unknown");
+                            Err(Refusal::HandedOver { pid }) => log::warn!(
+                                "signal=SIGUSR2 ignored: pid {pid} serves now, this process drains"
+                            ),
+                            Err(Refusal::ShuttingDown) => {
+                                log::warn!("signal=SIGUSR2 ignored: shutting down")
+                            }
+                        },
+                        None => {
+                            log::error!("signal=SIGUSR2 ignored: the program's path is unknown")
                         }
-                    }
+                    },
                     _ if draining => {
                         log::warn!("signal={signal} again: stopping now");
                         control.stop();

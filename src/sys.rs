@@ -180,53 +180,35 @@ pub(crate) fn monotonic_micros() -> u64 {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RawSocket(pub(crate) RawFd);
 
+impl RawSocket {
+    /// `recvfrom` or `sendto` on this socket with `buf` and `flags`, no
+    /// address (NULL, 0: the socket is connected). Every argument is passed
+    /// a full register wide, as `syscall`'s varargs are read (glibc and
+    /// musl alike).
+    fn transfer(
+        self,
+        call: libc::c_long,
+        buf: *const u8,
+        len: usize,
+        flags: i32,
+    ) -> io::Result<usize> {
+        let args = [self.0 as libc::c_long, buf as libc::c_long, len as libc::c_long];
+        let n =
+            syscall!(syscall(call, args[0], args[1], args[2], libc::c_long::from(flags), 0, 0))?;
+        Ok(n as usize)
+    }
+}
+
 impl io::Read for RawSocket {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Every argument a full register wide, as `syscall`'s varargs are
-        // read (glibc and musl alike).
-        let args: [libc::c_long; 6] = [
-            self.0 as libc::c_long,
-            buf.as_mut_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            0,
-            0,
-            0,
-        ];
-        let n = syscall!(syscall(
-            libc::SYS_recvfrom,
-            args[0],
-            args[1],
-            args[2],
-            args[3],
-            args[4],
-            args[5]
-        ))?;
-        Ok(n as usize)
+        self.transfer(libc::SYS_recvfrom, buf.as_mut_ptr(), buf.len(), 0)
     }
 }
 
 impl io::Write for RawSocket {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // MSG_NOSIGNAL: a peer that went away is an EPIPE, not a SIGPIPE.
-        // No address (NULL, 0): the socket is connected.
-        let args: [libc::c_long; 6] = [
-            self.0 as libc::c_long,
-            buf.as_ptr() as libc::c_long,
-            buf.len() as libc::c_long,
-            libc::MSG_NOSIGNAL as libc::c_long,
-            0,
-            0,
-        ];
-        let n = syscall!(syscall(
-            libc::SYS_sendto,
-            args[0],
-            args[1],
-            args[2],
-            args[3],
-            args[4],
-            args[5]
-        ))?;
-        Ok(n as usize)
+        self.transfer(libc::SYS_sendto, buf.as_ptr(), buf.len(), libc::MSG_NOSIGNAL)
     }
 
     fn flush(&mut self) -> io::Result<()> {

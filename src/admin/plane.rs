@@ -12,7 +12,7 @@ use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -132,8 +132,8 @@ impl Plane {
                     return;
                 }
             }
-            self.date.refresh(SystemTime::now());
             let now = Instant::now();
+            self.date.refresh_at(now);
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),

@@ -34,6 +34,8 @@ const WAIT_STEP: Duration = Duration::from_millis(10);
 pub(crate) enum Refusal {
     /// One is under way.
     InProgress,
+    /// This process handed its sockets to process `pid` and drains.
+    HandedOver { pid: u32 },
     /// The server is shutting down or has ended.
     ShuttingDown,
     /// Its thread could not be started.
@@ -46,6 +48,9 @@ pub(crate) enum Refusal {
 pub(crate) fn begin(control: &Control, program: &Program) -> Result<(), Refusal> {
     let server = control.server();
     let mut state = lock(&server.upgrade);
+    if let Some(pid) = control.handed_over_to() {
+        return Err(Refusal::HandedOver { pid });
+    }
     match &*state {
         UpgradeState::Closed => return Err(Refusal::ShuttingDown),
         UpgradeState::Pending { thread, .. } if !thread.is_finished() => {
@@ -118,12 +123,8 @@ fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
     let cancelled = || cancel.try_recv().is_ok() || server.is_shutting_down();
     select! {
         recv(ready) -> said => match said {
-            // A shutdown that came with it wins: this process was asked to
-            // stop, not to hand over.
-            Ok(true) if cancelled() => {
-                log::warn!("upgrade: cancelled by a shutdown; stopping new process pid={pid}");
-                stop(&mut child, control);
-            }
+            // A shutdown that came with it wins.
+            Ok(true) if cancelled() => stop_cancelled(&mut child, control),
             Ok(true) => {
                 let took = started.elapsed();
                 log::info!("upgrade: new process pid={pid} is serving after {took:?}; pid {me} drains and exits");
@@ -144,10 +145,7 @@ fn run(control: &Control, program: &Program, cancel: &Receiver<()>) {
                 }
             },
         },
-        recv(cancel) -> _ => {
-            log::warn!("upgrade: cancelled by a shutdown; stopping new process pid={pid}");
-            stop(&mut child, control);
-        },
+        recv(cancel) -> _ => stop_cancelled(&mut child, control),
         default(deadline.saturating_duration_since(Instant::now())) => {
             failed(&format!("new process pid={pid} was not ready within {timeout:?}; stopping it"), me);
             stop(&mut child, control);
@@ -225,6 +223,12 @@ fn read_ready_line(mut pipe: std::fs::File) -> bool {
             }
         }
     }
+}
+
+/// A shutdown came first: this process was asked to stop, not to hand over.
+fn stop_cancelled(child: &mut Child, control: &Control) {
+    log::warn!("upgrade: cancelled by a shutdown; stopping new process pid={}", child.id());
+    stop(child, control);
 }
 
 /// Stops a new process that will not take over: SIGTERM (it drains what

@@ -212,11 +212,17 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
     }
 }
 
+/// Whether a response of `status` has a body and a `Content-Length`.
+/// RFC 9110 8.6: not 1xx and 204; a 304 has no body, and we do not know
+/// the length of the representation it stands for.
+fn is_framed(status: u16) -> bool {
+    status >= 200 && status != 204 && status != 304
+}
+
 /// The body bytes sent for a valid response: none for HEAD, 1xx, 204 and
 /// 304.
 fn body_on_the_wire(res: &Response, enc: Encoding) -> &[u8] {
-    let framed = res.status >= 200 && res.status != 204 && res.status != 304;
-    if framed && !enc.head_request {
+    if is_framed(res.status) && !enc.head_request {
         res.body_bytes()
     } else {
         b""
@@ -353,15 +359,12 @@ fn encode_head(
         fields_len += name.len() + value.len() + 4;
     }
 
-    // RFC 9110 8.6: no Content-Length in 1xx and 204; a 304 has no body and
-    // we do not know the length of the representation it stands for.
-    let framed = status >= 200 && status != 204 && status != 304;
+    let framed = is_framed(status);
     let body = res.body_bytes();
-    let body_out = if framed && !enc.head_request { body } else { b"" };
     // Status line and our fields take at most ~150 bytes; reserving once
     // (the body included: the caller appends it) saves the regrowth copies
     // of several small extends.
-    out.reserve(160 + fields_len + body_out.len());
+    out.reserve(160 + fields_len + body_on_the_wire(res, enc).len());
 
     if status == 200 {
         // framed: a 200 always has a Content-Length.
