@@ -92,6 +92,29 @@ fn pid_in(line: &str) -> u32 {
     digits.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"))
 }
 
+/// systemd's part of socket activation: `program` started through `sh`,
+/// which moves `listener` (passed as its stdin) to fd 3, names it in
+/// `LISTEN_FDS`/`LISTEN_PID`/`LISTEN_FDNAMES` and execs, keeping the pid.
+/// The caller keeps its own `listener`: it holds the socket too.
+fn socket_activated(program: impl AsRef<std::ffi::OsStr>, listener: &TcpListener) -> Command {
+    let script = "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES=http; exec \"$0\" \"$@\"";
+    let passed = OwnedFd::from(listener.try_clone().unwrap());
+    let mut command = Command::new("sh");
+    command.args(["-c", script]).arg(program).stdin(Stdio::from(passed));
+    command
+}
+
+/// `listener`'s socket still listens: a client connects, and its holder
+/// accepts it (a shut-down listener refuses the one and fails the other).
+fn assert_still_listening(listener: &TcpListener) {
+    // vigil made the shared file description non-blocking.
+    listener.set_nonblocking(false).unwrap();
+    let client =
+        TcpStream::connect(listener.local_addr().unwrap()).expect("the socket still takes clients");
+    let (_accepted, peer) = listener.accept().expect("its holder accepts");
+    assert_eq!(peer, client.local_addr().unwrap());
+}
+
 /// Clients sending keep-alive requests back to back (reconnecting after
 /// `Connection: close`), counting answers and failures, until stopped.
 struct Load {
@@ -317,20 +340,10 @@ fn a_second_usr2_during_an_upgrade_is_ignored_and_a_shutdown_cancels_it() {
 fn socket_activation_serves_the_inherited_socket_and_sigterm_leaves_it_to_its_other_holder() {
     let dir = Scratch::new("socket-activation");
     let notify = Notifications::bind(&dir);
-    // systemd's part: the socket, passed as fd 3 with the variables naming
-    // it (`sh` moves it from stdin to 3 and execs, keeping the pid).
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let passed = OwnedFd::from(listener.try_clone().unwrap());
-    let mut command = Command::new("sh");
-    command
-        .args([
-            "-c",
-            "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES=http; exec \"$0\" \"$@\"",
-            VIGIL,
-        ])
-        .env("NOTIFY_SOCKET", &notify.path)
-        .stdin(Stdio::from(passed));
+    let mut command = socket_activated(VIGIL, &listener);
+    command.env("NOTIFY_SOCKET", &notify.path);
     let mut vigil = Vigil::spawn_command(command, &["--loops", "1"]);
     assert_eq!(vigil.addr, addr, "it serves the socket it was given, not --listen");
     assert!(vigil.startup_log.iter().any(|l| l.contains("inherited socket name=http fd=3")));
@@ -340,15 +353,7 @@ fn socket_activation_serves_the_inherited_socket_and_sigterm_leaves_it_to_its_ot
     signal(vigil.pid(), "TERM");
     assert_eq!(notify.next(), "STOPPING=1");
     assert_eq!(vigil.wait_with_timeout(util::IO_TIMEOUT), Some(0));
-    // The other holder's socket still listens: a client connects, and the
-    // holder accepts it (a shut-down listener refuses the one and fails
-    // the other).
-    // (vigil made the shared file description non-blocking.)
-    listener.set_nonblocking(false).unwrap();
-    let client = TcpStream::connect(addr).expect("the socket still takes clients");
-    let (accepted, peer) = listener.accept().expect("its other holder accepts");
-    assert_eq!(peer, client.local_addr().unwrap());
-    drop(accepted);
+    assert_still_listening(&listener);
 }
 
 #[test]
@@ -424,12 +429,8 @@ fn an_upgrade_from_socket_activation_leaves_the_socket_to_systemd() {
     let dir = Scratch::new("activation-upgrade");
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let passed = OwnedFd::from(listener.try_clone().unwrap());
     // As systemd starts it, through a path an upgrade starts again.
-    let program = dir.install_vigil();
-    let script = "exec 3<&0 0</dev/null; export LISTEN_FDS=1 LISTEN_PID=$$ LISTEN_FDNAMES=http; exec \"$0\" \"$@\"";
-    let mut command = Command::new("sh");
-    command.args(["-c", script]).arg(&program).stdin(Stdio::from(passed));
+    let command = socket_activated(dir.install_vigil(), &listener);
     let mut old = Vigil::spawn_command(command, &["--loops", "1"]);
     assert_eq!(old.addr, addr);
 
@@ -443,8 +444,5 @@ fn an_upgrade_from_socket_activation_leaves_the_socket_to_systemd() {
     signal(new, "TERM");
     let rest = old.rest_of_log();
     assert!(rest.iter().any(|l| l.contains("vigil drained")), "{rest:#?}");
-    listener.set_nonblocking(false).unwrap();
-    let client = TcpStream::connect(addr).expect("the socket still takes clients");
-    let (_accepted, peer) = listener.accept().expect("its first holder accepts");
-    assert_eq!(peer, client.local_addr().unwrap());
+    assert_still_listening(&listener);
 }
