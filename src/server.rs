@@ -191,6 +191,12 @@ fn reserved_files(config: &Config) -> u64 {
 /// Raises the open-file limit as far as allowed and clamps
 /// `max_connections` to what it leaves: past the limit, new clients would
 /// get neither an answer nor a 503, only a backlog nobody can accept from.
+///
+/// What it leaves is halved: a handoff moves a loop's idle connections to
+/// its replacement as duplicated descriptors, and the old thread holds its
+/// own until its slow request ends, so for that while each of them has two.
+/// Without that room the duplicates (and the replacement's epoll instance)
+/// would fail for want of a descriptor just when they are needed.
 fn fit_connections_to_file_limit(config: &mut Config) {
     let limit = match sys::raise_open_file_limit() {
         Ok(limit) => limit,
@@ -199,10 +205,14 @@ fn fit_connections_to_file_limit(config: &mut Config) {
             return;
         }
     };
-    let usable = limit.saturating_sub(reserved_files(config)).max(1);
+    let open = sys::open_file_count().unwrap_or_else(|err| {
+        log::warn!("cannot count the open files: {err}");
+        0
+    });
+    let usable = (limit.saturating_sub(open + reserved_files(config)) / 2).max(1);
     if config.max_connections as u64 > usable {
         log::warn!(
-            "max_connections={} clamped_to={usable} open_file_limit={limit}: raise the limit (ulimit -n, LimitNOFILE=) to serve more",
+            "max_connections={} clamped_to={usable} open_file_limit={limit} open_at_start={open}: raise the limit (ulimit -n, LimitNOFILE=) to serve more",
             config.max_connections
         );
         config.max_connections = usize::try_from(usable).unwrap_or(usize::MAX);

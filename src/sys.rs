@@ -294,6 +294,14 @@ pub(crate) fn raise_open_file_limit() -> io::Result<u64> {
     Ok(limit.rlim_cur)
 }
 
+/// How many descriptors this process has open, inherited ones included
+/// (a parent that leaks fds takes them out of the budget): the entries of
+/// `/proc/self/fd`, less the one that reads it.
+pub(crate) fn open_file_count() -> io::Result<u64> {
+    let entries = std::fs::read_dir("/proc/self/fd")?.count();
+    Ok(u64::try_from(entries).unwrap_or(u64::MAX).saturating_sub(1))
+}
+
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
 pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;

@@ -101,8 +101,20 @@ impl Vigil {
     /// As `spawn`, with the soft and hard limits of open files at `files`
     /// (set by the shell before it execs the binary).
     pub fn spawn_with_file_limit(files: u64, args: &[&str]) -> Vigil {
-        let mut command = Command::new("sh");
-        command.args(["-c", &format!("ulimit -n {files} && exec \"$0\" \"$@\""), VIGIL]);
+        Vigil::spawn_with_file_limit_and_leaked_fds(files, 0, args)
+    }
+
+    /// As `spawn_with_file_limit`, from a parent that leaks `leaked` open
+    /// descriptors (not close-on-exec) into it, as some supervisors and
+    /// shells do.
+    pub fn spawn_with_file_limit_and_leaked_fds(files: u64, leaked: u32, args: &[&str]) -> Vigil {
+        // bash, not sh: dash cannot redirect descriptors past 9.
+        let script = format!(
+            "for ((fd = 3; fd < 3 + {leaked}; fd++)); do eval \"exec $fd</dev/null\"; done; \
+             ulimit -n {files} && exec \"$0\" \"$@\""
+        );
+        let mut command = Command::new("bash");
+        command.args(["-c", &script, VIGIL]);
         Vigil::spawn_command(command, args)
     }
 
@@ -259,34 +271,73 @@ fn mem_warn_logs_once_when_a_loop_crosses_it() {
     assert_eq!(repeats, 0, "warned once per crossing");
 }
 
-#[test]
-fn max_connections_is_clamped_to_the_open_file_limit() {
-    let vigil = Vigil::spawn_with_file_limit(256, &["--loops", "1", "--max-connections", "25000"]);
+/// The `clamped_to=` of the startup line saying `max_connections` was cut.
+fn clamped_connections(vigil: &Vigil) -> usize {
     let line = vigil
         .startup_log
         .iter()
         .find(|line| line.contains("max_connections") && line.contains("clamped"))
         .unwrap_or_else(|| panic!("no clamp line in {:?}", vigil.startup_log));
-    let clamped: usize = line
-        .split("clamped_to=")
+    line.split("clamped_to=")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no clamped_to= in {line:?}"));
-    assert!(clamped > 0 && clamped < 256, "{line}");
-    // Up to the clamp every client is served; the next is refused with a
-    // 503 it can read, not left hanging for want of a descriptor.
-    let held: Vec<util::Client> = (0..clamped)
+        .unwrap_or_else(|| panic!("no clamped_to= in {line:?}"))
+}
+
+/// `count` clients, each served one request and left open, idle.
+fn idle_clients(addr: SocketAddr, count: usize) -> Vec<util::Client> {
+    (0..count)
         .map(|_| {
-            let mut client = util::Client::new(vigil.addr);
+            let mut client = util::Client::new(addr);
             client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
             assert_eq!(client.reply().status, 200);
             client
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn max_connections_is_clamped_to_the_open_file_limit() {
+    // The descriptors a parent leaks are counted out of the budget too.
+    let vigil = Vigil::spawn_with_file_limit_and_leaked_fds(
+        256,
+        100,
+        &["--loops", "1", "--max-connections", "25000"],
+    );
+    let clamped = clamped_connections(&vigil);
+    assert!(clamped > 0 && clamped < 256 - 100, "clamped_to={clamped}");
+    // Up to the clamp every client is served; the next is refused with a
+    // 503 it can read, not left hanging for want of a descriptor.
+    let held = idle_clients(vigil.addr, clamped);
     let mut over = util::Client::new(vigil.addr);
     assert_eq!(over.reply().status, 503, "said at accept, before any request");
     drop(held);
+}
+
+#[test]
+fn a_handoff_at_the_connection_limit_has_the_descriptors_it_needs() {
+    let vigil = Vigil::spawn_with_file_limit(
+        256,
+        &["--loops", "1", "--demo", "--max-connections", "25000", "--stall-timeout", "60s"],
+    );
+    let clamped = clamped_connections(&vigil);
+    let mut held = idle_clients(vigil.addr, clamped - 1);
+    // The last connection blocks the only loop: it is handed off, and every
+    // idle connection moves to its replacement as a duplicated descriptor
+    // while the old thread still holds its own.
+    let mut blocked = util::Client::new(vigil.addr);
+    blocked.send(b"GET /block?ms=60000 HTTP/1.1\r\nHost: x\r\n\r\n");
+    // Served while the old loop still blocks: only the replacement can.
+    for client in &mut held {
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(client.reply_to("GET").expect("served after the handoff").status, 200);
+    }
+    let log: Vec<String> = vigil.log.try_iter().collect();
+    assert!(
+        !log.iter().any(|l| l.contains("could not") || l.contains("out of file descriptors")),
+        "{log:?}"
+    );
 }
 
 #[test]

@@ -50,13 +50,14 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// Starts loop `shared` on a new thread. `ready` is sent once the loop
 /// listens, or dropped if it fails to start.
-/// `adopt` are connections taken over from a stalled loop, served from the
-/// start.
+/// The connections already in its registry's inbox (taken over from a
+/// loop given up on or handed off) are served from the start. A loop that
+/// cannot start leaves them there, for the supervisor to give its
+/// successor.
 pub(crate) fn spawn<F: ServiceFactory>(
     shared: Arc<LoopShared>,
     server: Arc<ServerShared>,
     factory: Arc<F>,
-    adopt: Vec<Conveyed>,
     ready: crossbeam_channel::Sender<()>,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name(format!("vigil-loop-{}", shared.slot)).spawn(move || {
@@ -72,7 +73,7 @@ pub(crate) fn spawn<F: ServiceFactory>(
         let service = factory.new_service(shared.slot);
         match EventLoop::new(shared.clone(), server, factory, service) {
             Ok(event_loop) => {
-                if let Err(err) = event_loop.run(adopt, ready) {
+                if let Err(err) = event_loop.run(ready) {
                     log::error!("loop {} failed: {err}", shared.name());
                 }
             }
@@ -190,13 +191,13 @@ impl<F: ServiceFactory> EventLoop<F> {
         })
     }
 
-    fn run(mut self, adopt: Vec<Conveyed>, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
+    fn run(mut self, ready: crossbeam_channel::Sender<()>) -> io::Result<()> {
         self.acceptor.listen(&self.poll, &self.server)?;
         self.cx.shared.set_state(LoopState::Serving);
         let _ = ready.send(());
         drop(ready);
         self.cx.now = Instant::now();
-        self.adopt(adopt);
+        self.adopt_inbox();
         let mut events = Events::with_capacity(1024);
         loop {
             self.wait(&mut events)?;

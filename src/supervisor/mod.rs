@@ -7,7 +7,7 @@ mod rules;
 pub(crate) mod verdict;
 
 use std::io;
-use std::net::{Shutdown, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -104,7 +104,7 @@ pub(crate) fn start<F: ServiceFactory>(
                     running.shared.wake();
                 }
                 let why = match failed {
-                    Err(err) => err.to_string(),
+                    Err((err, _)) => err.to_string(),
                     Ok(_) => format!("not listening within {STARTUP_READY_TIMEOUT:?}"),
                 };
                 return Err(io::Error::other(format!("loop {slot} did not start: {why}")));
@@ -205,7 +205,8 @@ struct Slot {
     observation: Option<Observation>,
     /// Handed-off threads of the slot still finishing their work.
     handed_off: Vec<Watched>,
-    /// Connections for the slot's next loop (delivered to one that died).
+    /// Connections for the slot's next loop: delivered to one that died,
+    /// or taken over when no thread could be started.
     adopt: Vec<Conveyed>,
     /// When the slot was last recycled (requests close to it are merged).
     recycled_at: Option<Instant>,
@@ -291,28 +292,42 @@ impl<F: ServiceFactory> Supervisor<F> {
 
     /// Spawns generation `generation` of `slot` and waits until it listens
     /// (or fails), up to `ready_timeout`.
+    /// Starts loop `slot.generation`, serving `adopt` from the start.
+    /// If no thread can be started, `adopt` comes back with the error.
     fn spawn_loop(
         &self,
         slot: usize,
         generation: u32,
         adopt: Vec<Conveyed>,
         ready_timeout: Duration,
-    ) -> io::Result<Running> {
+    ) -> Result<Running, (io::Error, Vec<Conveyed>)> {
         let shared = Arc::new(LoopShared::new(
             slot,
             generation,
             self.cores[slot],
             self.server.slots[slot].clone(),
         ));
+        // Through the inbox, not moved into the thread: a thread that
+        // cannot be created, or a loop that cannot start (out of fds, a
+        // panicking factory), leaves them where the supervisor finds them.
+        {
+            let mut registry = shared.registry();
+            for conveyed in adopt {
+                registry.deliver(conveyed).expect("a new loop's registry takes deliveries");
+            }
+        }
         let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
-        let thread = event_loop::spawn(
+        let thread = match event_loop::spawn(
             shared.clone(),
             self.server.clone(),
             self.factory.clone(),
-            adopt,
             ready_tx,
-        )?;
-        // An error means the loop failed to start; the next check sees it dead.
+        ) {
+            Ok(thread) => thread,
+            Err(err) => return Err((err, shared.registry().close_inbox())),
+        };
+        // An error means the loop failed to start; the next check sees it
+        // dead and gives what it did not take to its successor.
         let _ = ready_rx.recv_timeout(ready_timeout);
         Ok(Running { shared, thread })
     }
@@ -427,7 +442,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         old.shared.open_connections.fetch_sub(moved.from_loop, Relaxed);
         let migrated = moved.streams.len();
         let observation = self.slots[slot].observation;
-        let replacement = self.next_generation_adopting(slot, moved.streams);
+        let replacement = self.next_generation(slot, moved.streams);
         self.slots[slot].handed_off.push(Watched { running: old, observation });
         self.publish_loops();
         let old = &self.slots[slot].handed_off.last().expect("just pushed").running;
@@ -522,7 +537,7 @@ impl<F: ServiceFactory> Supervisor<F> {
         };
         let migrated = taken.clean.len();
         let replaced_by = if self.slots[slot].running.is_none() {
-            self.next_generation_adopting(slot, taken.clean)
+            self.next_generation(slot, taken.clean)
         } else {
             for conveyed in taken.clean {
                 if let Err(refused) = self.server.deliver(slot, conveyed) {
@@ -566,8 +581,8 @@ impl<F: ServiceFactory> Supervisor<F> {
     }
 
     /// Spawns the next generation into `slot`, serving `adopt` from the
-    /// start; on failure schedules a retry (the adopted sockets are then
-    /// dropped with the thread that could not start).
+    /// start. If no thread can be started it schedules a retry, and the
+    /// connections wait for it: their clients see a delay, not a close.
     fn next_generation(&mut self, slot: usize, adopt: Vec<Conveyed>) -> Option<u32> {
         let generation = self.slots[slot].generation + 1;
         self.slots[slot].generation = generation;
@@ -577,29 +592,16 @@ impl<F: ServiceFactory> Supervisor<F> {
                 self.slots[slot].running = Some(running);
                 Some(generation)
             }
-            Err(err) => {
-                log::error!("loop {slot}.{generation} could not be spawned: {err}");
+            Err((err, adopt)) => {
+                log::error!(
+                    "loop {slot}.{generation} could not be spawned: {err}; retrying in {SPAWN_RETRY:?} with its {} connections waiting",
+                    adopt.len()
+                );
+                self.slots[slot].adopt.extend(adopt);
                 self.slots[slot].respawn_at = Some(Instant::now() + SPAWN_RETRY);
                 None
             }
         }
-    }
-
-    /// `next_generation` for a loop that takes over connections from one
-    /// given up on or handed off. If it cannot start, those sockets die
-    /// with the thread that was never created, which does not close them
-    /// for their clients (the old thread holds its own fds): copies taken
-    /// first are shut down instead, so the clients see a close.
-    fn next_generation_adopting(&mut self, slot: usize, adopt: Vec<Conveyed>) -> Option<u32> {
-        let fallback: Vec<TcpStream> =
-            adopt.iter().filter_map(|c| c.stream.try_clone().ok()).collect();
-        let replacement = self.next_generation(slot, adopt);
-        if replacement.is_none() {
-            for stream in &fallback {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-        }
-        replacement
     }
 
     fn loop_died(&mut self, slot: usize, now: Instant) {
