@@ -88,6 +88,10 @@ pub struct Config {
     /// (RFC 9110 9.3.6): a 2xx to `CONNECT` tells the client a tunnel is
     /// open, which a service that does not tunnel must never say.
     pub allow_connect: bool,
+    /// The real-time signal whose handler copies a stalled loop's stack
+    /// for its report (`None`: no captures, only what `/proc` tells). One
+    /// per process: the first server started installs it.
+    pub stack_signal: Option<i32>,
 }
 
 impl Default for Config {
@@ -122,8 +126,35 @@ impl Default for Config {
             allow_connect: false,
             offload_threads: default_loops(),
             offload_queue: 1024,
+            stack_signal: Some(default_stack_signal()),
         }
     }
+}
+
+/// The stack-capture signal by default: `SIGRTMIN+6`, clear of the few
+/// real-time signals libraries commonly take first.
+pub fn default_stack_signal() -> i32 {
+    libc::SIGRTMIN() + 6
+}
+
+/// Parses a stack-capture signal: `off`, `RTMIN+k` (or `SIGRTMIN+k`), or
+/// a signal number.
+pub fn parse_stack_signal(text: &str) -> Result<Option<i32>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let bad = || format!("{text:?} is not a signal: use off, RTMIN+k or a number");
+    let rest = text.strip_prefix("SIG").unwrap_or(text);
+    if let Some(offset) = rest.strip_prefix("RTMIN") {
+        let offset: i32 = match offset.strip_prefix('+') {
+            Some(k) => k.parse().map_err(|_| bad())?,
+            None if offset.is_empty() => 0,
+            None => return Err(bad()),
+        };
+        return Ok(Some(libc::SIGRTMIN() + offset));
+    }
+    text.parse().map(Some).map_err(|_| bad())
 }
 
 /// The cores this process may run on: its affinity mask, or num_cpus (which
@@ -152,6 +183,14 @@ impl Config {
     /// Checks every value; the error names the setting and the reason.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let fail = |msg: String| Err(ConfigError(msg));
+        if let Some(signal) = self.stack_signal {
+            let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+            if !(min..=max).contains(&signal) {
+                return fail(format!(
+                    "stack signal must be a real-time signal ({min}..={max}), not {signal}"
+                ));
+            }
+        }
         if self.loops == 0 || self.loops > 1024 {
             return fail(format!("loops must be between 1 and 1024, not {}", self.loops));
         }

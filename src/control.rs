@@ -10,6 +10,7 @@ use std::thread::Thread;
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
+use crate::forensics::{StackError, StackTrace, StallReport};
 use crate::memory::{ArenaStats, ProcessMemory};
 use crate::shared::{
     lock, Command, HistogramSnapshot, LoopShared, LoopState, ServerShared, SlotCounts,
@@ -136,6 +137,7 @@ impl Control {
                 .find(|(key, _)| *key == (l.slot, l.generation))
                 .map(|(_, stats)| *stats),
             uptime_seconds: l.started.elapsed().as_secs_f64(),
+            stack: lock(&l.stack).clone(),
         };
         let loops: Vec<LoopSnapshot> = shared.current_loops().iter().map(describe).collect();
         let abandoned: Vec<LoopSnapshot> = lock(&shared.abandoned).iter().map(describe).collect();
@@ -167,7 +169,36 @@ impl Control {
             loops,
             handed_off,
             abandoned,
+            stalls: shared.forensics.stalls(),
         }
+    }
+
+    /// The stack of loop `slot` now (its current loop), or of the loop
+    /// `slot.generation` when `generation` is given: current, handed off
+    /// or abandoned. The thread is interrupted for a few microseconds; the
+    /// first call in a process loads the debug info, which takes up to a
+    /// second.
+    pub fn stack(&self, slot: usize, generation: Option<u32>) -> Result<StackTrace, StackError> {
+        let shared = &self.shared;
+        let found = {
+            let loops = shared.current_loops();
+            let handed_off = lock(&shared.handed_off);
+            let abandoned = lock(&shared.abandoned);
+            loops
+                .iter()
+                .chain(handed_off.iter())
+                .chain(abandoned.iter())
+                .find(|l| l.slot == slot && generation.map_or(true, |g| l.generation == g))
+                .cloned()
+        };
+        let found = found.ok_or(StackError::UnknownLoop)?;
+        shared.forensics.stack_of(&found)
+    }
+
+    /// The last stall reports (a loop given up on, with its stack), oldest
+    /// first.
+    pub fn stalls(&self) -> Vec<StallReport> {
+        self.shared.forensics.stalls()
     }
 }
 
@@ -218,6 +249,8 @@ pub struct Snapshot {
     pub handed_off: Vec<LoopSnapshot>,
     /// Abandoned loops whose threads are still alive.
     pub abandoned: Vec<LoopSnapshot>,
+    /// The last loops given up on, with their stacks, oldest first.
+    pub stalls: Vec<StallReport>,
 }
 
 /// The offload pool in a [`Snapshot`].
@@ -257,4 +290,6 @@ pub struct LoopSnapshot {
     pub memory: Option<ArenaStats>,
     /// Seconds since this loop started.
     pub uptime_seconds: f64,
+    /// Its stack when it was handed off or given up on.
+    pub stack: Option<StackTrace>,
 }

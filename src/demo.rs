@@ -90,6 +90,8 @@ fn burn_cpu(duration: Duration) {
     }
 }
 
+/// Never inlined: a stall report names it.
+#[inline(never)]
 fn spin_forever() -> ! {
     loop {
         std::hint::spin_loop();

@@ -42,6 +42,7 @@ mod config;
 mod conn;
 mod control;
 mod event_loop;
+pub mod forensics;
 pub mod handover;
 mod http;
 #[allow(unsafe_code)]
@@ -56,7 +57,10 @@ mod supervisor;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use config::{default_loops, parse_duration, parse_size, Config, ConfigError};
+pub use config::{
+    default_loops, default_stack_signal, parse_duration, parse_size, parse_stack_signal, Config,
+    ConfigError,
+};
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use handover::{InheritError, Inherited};
 pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};

@@ -110,7 +110,10 @@ struct Args {
     /// Offloaded jobs queued before new ones are answered 503.
     #[arg(long, env = "VIGIL_OFFLOAD_QUEUE", default_value_t = 1024)]
     offload_queue: usize,
-    /// Serve the admin plane (/metrics, /loops, /healthz, /readyz, recycle) here.
+    /// Real-time signal that copies a stalled loop's stack for its report: off, RTMIN+k or a number.
+    #[arg(long, env = "VIGIL_STACK_SIGNAL", default_value = "RTMIN+6", value_parser = stack_signal)]
+    stack_signal: StackSignal,
+    /// Serve the admin plane (/metrics, /loops, /healthz, /readyz, /stalls, recycle) here.
     #[arg(long, env = "VIGIL_ADMIN")]
     admin: Option<SocketAddr>,
     /// Bearer token required for the admin plane's POST routes (otherwise: loopback only).
@@ -138,6 +141,14 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text)
+}
+
+/// `--stack-signal`: a signal number, or `None` for off.
+#[derive(Clone, Copy, Debug)]
+struct StackSignal(Option<i32>);
+
+fn stack_signal(text: &str) -> Result<StackSignal, String> {
+    vigil::parse_stack_signal(text).map(StackSignal)
 }
 
 /// `1/N` -> N.
@@ -202,6 +213,7 @@ impl Args {
             allow_connect: false,
             offload_threads: self.offload_threads.unwrap_or_else(vigil::default_loops),
             offload_queue: self.offload_queue,
+            stack_signal: self.stack_signal.0,
         };
         config.validate().map_err(|err| err.to_string())?;
         Ok(config)

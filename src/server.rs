@@ -120,6 +120,13 @@ impl<F: ServiceFactory> Server<F> {
         let local_addr = listener.local_addr().map_err(StartError::Bind)?;
         let offload = offload::Pool::start(self.config.offload_threads, self.config.offload_queue)
             .map_err(StartError::Spawn)?;
+        if let Some(signal) = self.config.stack_signal {
+            if let Err(why) = sys::stack::install(signal) {
+                log::warn!(
+                    "stack capture off: {why}; stall reports will tell only what /proc does"
+                );
+            }
+        }
         let slots = (0..self.config.loops).map(|_| Arc::new(SlotCounters::default())).collect();
         let per_ip = self.config.max_connections_per_ip;
         let peers = (per_ip > 0).then(|| PeerCounts::new(per_ip));
@@ -150,6 +157,7 @@ impl<F: ServiceFactory> Server<F> {
             admin_addr: OnceLock::new(),
             admin_waker: OnceLock::new(),
             offload: Arc::new(offload),
+            forensics: crate::forensics::Forensics::default(),
         });
         let (commands, supervisor) =
             supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;

@@ -8,6 +8,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
+pub(crate) mod stack;
+
 /// Turns a negative libc return into `io::Error::last_os_error()`.
 macro_rules! syscall {
     ($fn: ident ( $($arg: expr),* $(,)* ) ) => {{
@@ -300,6 +302,37 @@ pub(crate) fn raise_open_file_limit() -> io::Result<u64> {
 pub(crate) fn open_file_count() -> io::Result<u64> {
     let entries = std::fs::read_dir("/proc/self/fd")?.count();
     Ok(u64::try_from(entries).unwrap_or(u64::MAX).saturating_sub(1))
+}
+
+/// A read-only private mapping of the whole file at `path`, never unmapped:
+/// the images a stack is unwound and symbolized with are kept for the life
+/// of the process. Pages are read in as they are used. The file must not
+/// be truncated in place while mapped (installs replace files by rename,
+/// which leaves the mapped inode intact).
+pub(crate) fn map_file_forever(path: &std::path::Path) -> io::Result<&'static [u8]> {
+    let file = std::fs::File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: a fresh read-only private mapping of an open file; the fd
+    // may close after mmap returns.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_PRIVATE,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is len bytes, readable, and never unmapped.
+    Ok(unsafe { std::slice::from_raw_parts(ptr as *const u8, len) })
 }
 
 /// Resident set size of this process in bytes, from `/proc/self/statm`.

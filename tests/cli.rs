@@ -229,6 +229,56 @@ fn past_the_abandoned_budget_the_process_exits_3() {
 }
 
 #[test]
+fn a_stall_report_names_the_spinning_function_and_the_request() {
+    let vigil = Vigil::spawn(&[
+        "--loops",
+        "1",
+        "--demo",
+        "--stall-timeout",
+        "200ms",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin = vigil.admin.expect("admin address");
+    let mut client = util::Client::new(vigil.addr);
+    client.send(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(client.is_closed(), "the stalled loop's connection is closed");
+    // Logged by the forensics thread once the stack is symbolized.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let line = vigil.log.recv_deadline(deadline).expect("a stall line");
+        if line.contains("stalled reason=stalled") {
+            break line;
+        }
+    };
+    assert!(line.contains("request=\"GET /spin\""), "{line}");
+    assert!(line.contains("stack=[vigil::demo::spin_forever"), "{line}");
+    let admin_get = |path: &str| {
+        let mut client = util::Client::new(admin);
+        client.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
+        client.reply()
+    };
+    let stalls: serde_json::Value = serde_json::from_slice(&admin_get("/stalls").body).unwrap();
+    let stall = &stalls[0];
+    assert_eq!(stall["loop_name"], "0.0");
+    assert_eq!(stall["request"], "GET /spin");
+    let functions: Vec<&str> = stall["stack"]["frames"]
+        .as_array()
+        .expect("frames")
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect();
+    assert!(functions.first().is_some_and(|f| f.ends_with("spin_forever")), "{functions:?}");
+    // A live loop's stack on demand; a loop that does not exist is 404.
+    let live = admin_get("/loops/0/stack");
+    assert_eq!(live.status, 200);
+    let live: serde_json::Value = serde_json::from_slice(&live.body).unwrap();
+    assert!(live["frames"].as_array().is_some_and(|f| !f.is_empty()), "{live}");
+    assert_eq!(admin_get("/loops/3/stack").status, 404);
+    assert_eq!(admin_get("/loops/x.y/stack").status, 404);
+}
+
+#[test]
 fn mem_warn_logs_once_when_a_loop_crosses_it() {
     let mut vigil = Vigil::spawn(&[
         "--loops",

@@ -398,3 +398,36 @@ fn a_recycled_loop_stuck_in_a_handler_is_given_up() {
     gate.open();
     assert!(util::eventually(Duration::from_secs(10), || server.snapshot().reclaimed == 1));
 }
+
+#[test]
+fn a_handed_off_thread_shows_the_handler_it_is_in() {
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let server = gated_server(config(1), &gate);
+    let mut slow = Client::new(server.local_addr());
+    slow.send(&request("/slow"));
+    assert!(handed_off(&server));
+    // Captured for /loops without the supervisor waiting for it.
+    let shown = util::eventually(Duration::from_secs(10), || {
+        server.snapshot().handed_off.first().and_then(|l| l.stack.clone()).is_some()
+    });
+    assert!(shown, "the handed-off thread's stack is in the snapshot");
+    let stack = server.snapshot().handed_off[0].stack.clone().unwrap();
+    assert!(stack.summary(4).contains("Gate::wait"), "{stack:#?}");
+    // On demand, by slot and generation: the same thread, still there.
+    let control = server.control();
+    let again = control.stack(0, Some(0)).expect("the handed-off loop");
+    assert!(again.summary(4).contains("Gate::wait"), "{again:#?}");
+    // The slot's current loop waits for events in its own loop.
+    let current = control.stack(0, None).expect("the current loop");
+    assert!(
+        current
+            .frames
+            .iter()
+            .any(|f| f.function.as_deref().is_some_and(|f| f.contains("vigil::event_loop"))),
+        "{current:#?}"
+    );
+    assert_eq!(control.stack(7, None).unwrap_err(), vigil::forensics::StackError::UnknownLoop);
+    gate.open();
+    assert_eq!(slow.reply().status, 200);
+}

@@ -3,6 +3,7 @@
 //! server's [`Control`].
 
 use crate::control::Control;
+use crate::forensics::StackError;
 
 /// An admin answer, before it is written out.
 #[derive(Debug, PartialEq, Eq)]
@@ -62,6 +63,17 @@ pub(super) enum Action {
     Readyz,
     RecycleAll,
     Recycle(usize),
+    Stalls,
+    /// A loop's stack now: its slot, and a generation if one is named.
+    Stack(usize, Option<u32>),
+}
+
+/// `3` (the slot's current loop) or `3.2` (slot 3, generation 2).
+fn parse_loop(text: &str) -> Option<(usize, Option<u32>)> {
+    match text.split_once('.') {
+        Some((slot, generation)) => Some((slot.parse().ok()?, Some(generation.parse().ok()?))),
+        None => Some((text.parse().ok()?, None)),
+    }
 }
 
 /// The action a request asks for, or the refusal it gets.
@@ -92,13 +104,23 @@ pub(super) fn decide(method: &str, path: &str, access: Access<'_>) -> Result<Act
         ["loops"] => read_only(Action::Loops),
         ["healthz"] => read_only(Action::Healthz),
         ["readyz"] => read_only(Action::Readyz),
+        ["stalls"] => read_only(Action::Stalls),
+        ["loops", which, "stack"] => match parse_loop(which) {
+            Some((slot, generation)) => read_only(Action::Stack(slot, generation)),
+            None => {
+                Err(Answer::text(404, &format!("no loop {which}: use SLOT or SLOT.GENERATION\n")))
+            }
+        },
         ["loops", "recycle"] => recycle(Ok(Action::RecycleAll)),
         ["loops", slot, "recycle"] => recycle(
             slot.parse()
                 .map(Action::Recycle)
                 .map_err(|_| Answer::text(404, &format!("no loop in slot {slot}\n"))),
         ),
-        _ => Err(Answer::text(404, "not found: try /metrics, /loops, /healthz, /readyz\n")),
+        _ => Err(Answer::text(
+            404,
+            "not found: try /metrics, /loops, /loops/SLOT/stack, /stalls, /healthz, /readyz\n",
+        )),
     }
 }
 
@@ -117,17 +139,19 @@ fn perform(action: Action, control: &Control) -> Answer {
             content_type: "text/plain; version=0.0.4; charset=utf-8",
             body: super::metrics::render(&control.snapshot()).into_bytes(),
         },
-        Action::Loops => Answer {
-            status: 200,
-            content_type: "application/json",
-            body: serde_json::to_vec_pretty(&control.snapshot()).unwrap_or_default(),
-        },
+        Action::Loops => json(&control.snapshot()),
         Action::Healthz if control.is_healthy() => Answer::text(200, "ok\n"),
         Action::Healthz => {
             Answer::text(503, "unhealthy: no loop serving, or the abandoned budget is used up\n")
         }
         Action::Readyz if control.is_ready() => Answer::text(200, "ready\n"),
         Action::Readyz => Answer::text(503, "not ready: shutting down\n"),
+        Action::Stalls => json(&control.stalls()),
+        Action::Stack(slot, generation) => match control.stack(slot, generation) {
+            Ok(stack) => json(&stack),
+            Err(StackError::UnknownLoop) => Answer::text(404, "no such loop\n"),
+            Err(err) => Answer::text(503, &format!("{err}\n")),
+        },
         Action::RecycleAll => {
             control.recycle_all();
             Answer::text(202, "recycling every loop\n")
@@ -136,6 +160,14 @@ fn perform(action: Action, control: &Control) -> Answer {
             Ok(()) => Answer::text(202, &format!("recycling loop {slot}\n")),
             Err(_) => Answer::text(404, &format!("no loop in slot {slot}\n")),
         },
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Answer {
+    Answer {
+        status: 200,
+        content_type: "application/json",
+        body: serde_json::to_vec_pretty(value).unwrap_or_default(),
     }
 }
 

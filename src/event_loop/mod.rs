@@ -64,6 +64,11 @@ pub(crate) fn spawn<F: ServiceFactory>(
         // Marks the loop exited however the thread ends, unwinding included.
         let _exited = ExitGuard(shared.clone());
         shared.tid.store(sys::thread_id(), Relaxed);
+        // Kept for the thread's life: its slot is freed when it ends.
+        let stack_registration = sys::stack::register_current_thread();
+        if let Some(registration) = &stack_registration {
+            let _ = shared.stack_slot.set(registration.slot());
+        }
         if let Some(core) = shared.core {
             if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                 log::warn!("loop {} could not be pinned to core {core}", shared.name());

@@ -185,6 +185,11 @@ pub(crate) struct LoopShared {
     pub(crate) arena: Mutex<Option<u32>>,
     /// Wakes the loop from `poll`; set by the loop once its `Poll` exists.
     pub(crate) waker: Mutex<Option<Arc<mio::Waker>>>,
+    /// Where the thread's stack is copied to on a capture; set by the
+    /// thread when it starts, if capturing is on.
+    pub(crate) stack_slot: std::sync::OnceLock<&'static crate::sys::stack::StackSlot>,
+    /// The stack captured when the loop was handed off or given up on.
+    pub(crate) stack: Mutex<Option<crate::forensics::StackTrace>>,
 }
 
 impl LoopShared {
@@ -214,6 +219,8 @@ impl LoopShared {
             state: AtomicUsize::new(0),
             arena: Mutex::new(None),
             waker: Mutex::new(None),
+            stack_slot: std::sync::OnceLock::new(),
+            stack: Mutex::new(None),
         }
     }
 

@@ -87,6 +87,8 @@ pub(crate) struct ServerShared {
     /// Wakes the admin plane's poll loop (to see a handover at once).
     pub(crate) admin_waker: OnceLock<Arc<mio::Waker>>,
     pub(crate) offload: Arc<Pool>,
+    /// Captures, unwinds and keeps the stacks of stalled loops.
+    pub(crate) forensics: crate::forensics::Forensics,
 }
 
 impl ServerShared {

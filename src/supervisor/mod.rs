@@ -456,6 +456,9 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
         if busy_for.is_some() {
             old.shared.counters.handoffs.fetch_add(1, Relaxed);
+            // For /loops: where the slow request is. Taken off this thread,
+            // which does not wait for it.
+            self.server.forensics.capture_later(&old.shared);
         }
         // It was busy; should it be between two steps, it checks its fate
         // before it polls again.
@@ -553,21 +556,26 @@ impl<F: ServiceFactory> Supervisor<F> {
         self.publish_loops();
         let closed = taken.stuck.iter().filter(|s| s.shutdown(Shutdown::Both).is_ok()).count();
         drop(taken.stuck);
+        let request = shared.current_request.read();
+        let line = format!(
+            "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} migrated_connections={} request={:?} replaced_by={}; thread abandoned",
+            shared.name(),
+            stuck_for,
+            closed,
+            migrated,
+            request.clone().unwrap_or_default(),
+            replaced_by.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
+        );
+        // Its stack first (a bounded wait): at SCHED_IDLE it may not run
+        // its signal handler for a long time. The forensics thread logs
+        // the line once the stack is symbolized.
+        self.server.forensics.report_stall(&shared, line, request, stuck_for);
         let tid = shared.tid.load(Relaxed);
         if tid > 0 {
             if let Err(err) = sys::set_idle_priority(tid) {
                 log::warn!("loop {} could not be moved to SCHED_IDLE: {err}", shared.name());
             }
         }
-        log::warn!(
-            "loop {} stalled reason=stalled stuck_for={:?} closed_connections={} migrated_connections={} request={:?} replaced_by={}; thread abandoned",
-            shared.name(),
-            stuck_for,
-            closed,
-            migrated,
-            shared.current_request.read().unwrap_or_default(),
-            replaced_by.map_or_else(|| "none".to_string(), |g| format!("{slot}.{g}")),
-        );
         self.record_restart(now);
         if self.abandoned.len() > self.server.config.max_abandoned {
             log::error!(
