@@ -10,7 +10,6 @@
 //! bounds in a [`StackSlot`] and unblocks the signal. Slots are never freed
 //! (a late signal may still write into one), only reused by later threads.
 
-use std::cell::UnsafeCell;
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -73,13 +72,16 @@ pub(crate) struct StackSlot {
     fp: AtomicU64,
     copied: AtomicUsize,
     cut: AtomicU32,
-    buffer: Box<[UnsafeCell<u8>]>,
+    /// STACK_COPY_BYTES, leaked with the slot. Zeroed pages from the
+    /// allocator are not touched (so not resident) until a first capture.
+    buffer: *mut u8,
 }
 
-// SAFETY: the buffer is written only by the signal handler on the slot's
-// thread while the state is WRITING, and read only by the capturing thread
-// once the state is DONE (release/acquire on `state`); one capture at a
-// time owns the state machine (the IDLE -> REQUESTED compare-exchange).
+// SAFETY: the buffer (a leaked allocation only the slot points to) is
+// written only by the signal handler on the slot's thread while the state
+// is WRITING, and read only by the capturing thread once the state is DONE
+// (release/acquire on `state`); one capture at a time owns the state
+// machine (the IDLE -> REQUESTED compare-exchange).
 unsafe impl Sync for StackSlot {}
 
 impl std::fmt::Debug for StackSlot {
@@ -199,7 +201,7 @@ fn claim_slot(tid: i32) -> Option<&'static StackSlot> {
                 fp: AtomicU64::new(0),
                 copied: AtomicUsize::new(0),
                 cut: AtomicU32::new(0),
-                buffer: (0..STACK_COPY_BYTES).map(|_| UnsafeCell::new(0)).collect(),
+                buffer: Box::leak(vec![0u8; STACK_COPY_BYTES].into_boxed_slice()).as_mut_ptr(),
             }));
             entry.store(slot as *const StackSlot as *mut StackSlot, Ordering::Release);
             return Some(slot);
@@ -289,12 +291,10 @@ pub(crate) fn capture(slot: &StackSlot, timeout: Duration) -> Result<RawStack, C
     }
     let round_trip = started.elapsed();
     let copied = slot.copied.load(Ordering::Relaxed).min(STACK_COPY_BYTES);
-    let bytes = slot.buffer[..copied]
-        .iter()
-        // SAFETY: the state is DONE: the handler finished writing (release)
-        // and no new request can start until this one sets IDLE below.
-        .map(|cell| unsafe { *cell.get() })
-        .collect();
+    // SAFETY: the state is DONE: the handler finished writing `copied`
+    // bytes (release) and no new request can start until this one sets
+    // IDLE below; the buffer holds STACK_COPY_BYTES.
+    let bytes = unsafe { std::slice::from_raw_parts(slot.buffer, copied) }.to_vec();
     let stack = RawStack {
         ip: slot.ip.load(Ordering::Relaxed),
         sp: slot.sp.load(Ordering::Relaxed),
@@ -372,7 +372,7 @@ unsafe fn record(context: &libc::ucontext_t) {
         // stack (checked against its bounds), and the buffer holds
         // STACK_COPY_BYTES; nothing else touches the buffer while WRITING.
         unsafe {
-            std::ptr::copy_nonoverlapping(sp as *const u8, slot.buffer.as_ptr() as *mut u8, copied);
+            std::ptr::copy_nonoverlapping(sp as *const u8, slot.buffer, copied);
         }
         (copied, live > copied)
     } else {
