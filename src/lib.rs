@@ -38,6 +38,7 @@
 compile_error!("vigil runs on Linux only");
 
 mod admin;
+pub mod app;
 mod config;
 mod conn;
 mod control;
@@ -63,7 +64,7 @@ pub use config::{
 };
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use handover::{InheritError, Inherited};
-pub use http::{Limits, Request, Response, Version, MAX_HEADERS_CAP};
+pub use http::{Finished, Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use panics::quiet_handler_panics;
 pub use server::{Server, ServerHandle, StartError};

@@ -8,7 +8,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use vigil::{parse_duration, parse_size, Config, Inherited, Limits, Outcome, Server};
+use vigil::app::access_log::{AccessLog, Format};
+use vigil::app::App;
+use vigil::{
+    parse_duration, parse_size, Config, Inherited, Limits, Outcome, Request, Response, Server,
+    Service, ServiceFactory,
+};
 
 // jemalloc because each loop gets an arena of its own, which is how the
 // supervisor sees per-loop memory; the system allocator has no such figure.
@@ -113,6 +118,12 @@ struct Args {
     /// Real-time signal that copies a stalled loop's stack for its report: off, RTMIN+k or a number.
     #[arg(long, env = "VIGIL_STACK_SIGNAL", default_value = "RTMIN+6", value_parser = stack_signal)]
     stack_signal: StackSignal,
+    /// Write an access log line per request to this file (appended), or `-` for standard output.
+    #[arg(long, env = "VIGIL_ACCESS_LOG")]
+    access_log: Option<std::path::PathBuf>,
+    /// Access log format: common, combined or json.
+    #[arg(long, env = "VIGIL_ACCESS_LOG_FORMAT", default_value = "combined", value_parser = log_format)]
+    access_log_format: Format,
     /// Serve the admin plane (/metrics, /loops, /healthz, /readyz, /stalls, recycle) here.
     #[arg(long, env = "VIGIL_ADMIN")]
     admin: Option<SocketAddr>,
@@ -141,6 +152,10 @@ fn duration(text: &str) -> Result<Duration, String> {
 
 fn size(text: &str) -> Result<u64, String> {
     parse_size(text)
+}
+
+fn log_format(text: &str) -> Result<Format, String> {
+    text.parse()
 }
 
 /// `--stack-signal`: a signal number, or `None` for off.
@@ -253,7 +268,8 @@ fn main() -> ExitCode {
     match run(config, &args, inherited) {
         Ok(Outcome::Stopped) => ExitCode::SUCCESS,
         Ok(Outcome::AbandonedBudgetExceeded) => ExitCode::from(EXIT_ABANDONED_BUDGET),
-        Err(message) => {
+        Err(RunError::Usage(message)) => usage_error(&message),
+        Err(RunError::Start(message)) => {
             eprintln!("vigil: {message}");
             ExitCode::FAILURE
         }
@@ -268,13 +284,47 @@ fn usage_error(message: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn run(config: Config, args: &Args, mut inherited: Inherited) -> Result<Outcome, String> {
+/// Why `run` failed: a bad argument found late (exit 2), or the server
+/// could not start (exit 1).
+enum RunError {
+    Usage(String),
+    Start(String),
+}
+
+fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, RunError> {
     let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall };
     let signals = vigil::signals::SignalWatch::register()
-        .map_err(|err| format!("cannot watch signals: {err}"))?;
+        .map_err(|err| RunError::Start(format!("cannot watch signals: {err}")))?;
     log::info!("vigil {} pid={}", env!("CARGO_PKG_VERSION"), std::process::id());
+    let Some(path) = &args.access_log else {
+        let service = move |slot| demo::App::new(slot, options);
+        return serve(service, config, args, inherited, signals).map_err(RunError::Start);
+    };
+    let format = args.access_log_format;
+    let log = if path.as_os_str() == "-" {
+        AccessLog::to_stdout(format)
+    } else {
+        AccessLog::to_file(path, format)
+    }
+    .map_err(|err| RunError::Usage(format!("--access-log {}: {err}", path.display())))?;
+    // The same service, behind the access log.
+    let app = App::with_state(move |slot| demo::App::new(slot, options))
+        .fallback(|app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res))
+        .middleware(log)
+        .build()
+        .map_err(|err| RunError::Start(err.to_string()))?;
+    serve(app, config, args, inherited, signals).map_err(RunError::Start)
+}
+
+fn serve<F: ServiceFactory>(
+    factory: F,
+    config: Config,
+    args: &Args,
+    mut inherited: Inherited,
+    signals: vigil::signals::SignalWatch,
+) -> Result<Outcome, String> {
     let admin_wanted = config.admin.is_some();
-    let mut server = Server::new(move |slot| demo::App::new(slot, options)).config(config);
+    let mut server = Server::new(factory).config(config);
     if let Some(listener) = inherited.take_http() {
         server = server.listener(listener);
     }

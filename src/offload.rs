@@ -21,6 +21,9 @@ use crate::Response;
 /// One offloaded request, on its way to the pool.
 pub(crate) struct Job {
     pub(crate) work: Work,
+    /// Header fields set before the work was offloaded: its response
+    /// starts with them.
+    pub(crate) headers: crate::http::response::Fields,
     /// Where the result goes: the owning loop's channel and waker.
     pub(crate) reply_to: Sender<Completion>,
     pub(crate) waker: Arc<mio::Waker>,
@@ -95,6 +98,7 @@ fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
         counters.queued.fetch_sub(1, Relaxed);
         counters.running.fetch_add(1, Relaxed);
         let mut response = Response::new();
+        response.headers = job.headers;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| (job.work)(&mut response)));
         let result = match outcome {
             Ok(()) => Ok(response),

@@ -128,6 +128,8 @@ impl<F: ServiceFactory> Server<F> {
             }
         }
         let slots = (0..self.config.loops).map(|_| Arc::new(SlotCounters::default())).collect();
+        let factory = Arc::new(self.factory);
+        let metrics_of = factory.clone();
         let per_ip = self.config.max_connections_per_ip;
         let peers = (per_ip > 0).then(|| PeerCounts::new(per_ip));
         let shared = Arc::new(ServerShared {
@@ -158,9 +160,12 @@ impl<F: ServiceFactory> Server<F> {
             admin_waker: OnceLock::new(),
             offload: Arc::new(offload),
             forensics: crate::forensics::Forensics::default(),
+            service_metrics: crate::shared::ServiceMetrics(Box::new(move |out: &mut String| {
+                metrics_of.render_metrics(out)
+            })),
         });
         let (commands, supervisor) =
-            supervisor::start(shared.clone(), Arc::new(self.factory)).map_err(StartError::Spawn)?;
+            supervisor::start(shared.clone(), factory).map_err(StartError::Spawn)?;
         let mut handle = ServerHandle {
             control: Control::new(shared.clone(), commands, supervisor.thread().clone()),
             supervisor: Some(supervisor),

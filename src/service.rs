@@ -23,6 +23,10 @@ pub trait ServiceFactory: Send + Sync + 'static {
 
     /// Called on the loop's own thread; `slot` is the loop's core slot.
     fn new_service(&self, slot: usize) -> Self::Service;
+
+    /// Appends the service's own metrics, in the Prometheus text format, to
+    /// the admin plane's `/metrics` page (nothing by default).
+    fn render_metrics(&self, _out: &mut String) {}
 }
 
 impl<F, S> ServiceFactory for F

@@ -284,6 +284,31 @@ fn a_stall_report_names_the_spinning_function_and_the_request() {
 }
 
 #[test]
+fn the_access_log_flag_writes_a_line_per_request_in_the_chosen_format() {
+    let path = std::env::temp_dir().join(format!("vigil-access-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let vigil = Vigil::spawn(&[
+        "--loops",
+        "1",
+        "--access-log",
+        path.to_str().unwrap(),
+        "--access-log-format",
+        "json",
+    ]);
+    let reply = util::get(vigil.addr, "/hello?x=1").unwrap();
+    assert_eq!(reply.status, 200);
+    // Written by the log's own thread, just after the reply.
+    let line = || std::fs::read_to_string(&path).ok().filter(|text| text.ends_with('\n'));
+    assert!(util::eventually(Duration::from_secs(10), || line().is_some()), "no line written");
+    let record: serde_json::Value = serde_json::from_str(line().unwrap().trim()).unwrap();
+    assert_eq!(record["target"], "/hello?x=1");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["bytes"], reply.body.len());
+    drop(vigil);
+    let _ = std::fs::remove_file(&path);
+}
+
+#[test]
 fn mem_warn_logs_once_when_a_loop_crosses_it() {
     let mut vigil = Vigil::spawn(&[
         "--loops",

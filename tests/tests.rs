@@ -7,6 +7,7 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 mod util;
 
 mod admin;
+mod app;
 mod cli;
 mod handoff;
 mod http;

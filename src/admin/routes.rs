@@ -137,7 +137,11 @@ fn perform(action: Action, control: &Control) -> Answer {
         Action::Metrics => Answer {
             status: 200,
             content_type: "text/plain; version=0.0.4; charset=utf-8",
-            body: super::metrics::render(&control.snapshot()).into_bytes(),
+            body: {
+                let mut page = super::metrics::render(&control.snapshot());
+                (control.server().service_metrics.0)(&mut page);
+                page.into_bytes()
+            },
         },
         Action::Loops => json(&control.snapshot()),
         Action::Healthz if control.is_healthy() => Answer::text(200, "ok\n"),

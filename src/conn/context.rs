@@ -103,14 +103,14 @@ impl<F: ServiceFactory> LoopContext<F> {
     /// Logs a handler's panic and rebuilds the service: the instance may
     /// be half-updated, and a fresh one is the safe state. If the factory
     /// itself panics, the loop dies and the supervisor respawns it.
-    pub(crate) fn handler_panicked(&mut self, req: &Request<'_>, payload: &Panic) {
+    pub(crate) fn handler_panicked(&mut self, method: &str, path: &str, payload: &Panic) {
         let location = crate::panics::take_location();
         if let Some(suppressed) = self.panic_log.admit(Instant::now()) {
             log::error!(
                 "loop {} handler panicked method={} path={} panic={:?} at={} suppressed={suppressed}; answered 500, service rebuilt",
                 self.shared.name(),
-                req.method(),
-                req.path(),
+                method,
+                path,
                 panic_message(payload.as_ref()),
                 location.as_deref().unwrap_or("?"),
             );

@@ -2,7 +2,9 @@
 //! outstanding: a response finished early waits for the ones before it.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
+use super::finish::Finishing;
 use crate::http::response::Encoding;
 
 /// The in-order queue of one connection. Empty whenever no offloaded work
@@ -14,10 +16,16 @@ pub(crate) struct ResponseQueue {
 
 #[derive(Debug)]
 enum Entry {
-    /// Offloaded job `id`, not back yet, and how its response is framed.
-    Waiting { id: u64, encoding: Encoding },
+    /// Offloaded job `id`, not back yet, how its response is framed, when
+    /// it is given up on, and its `on_finish` hooks.
+    Waiting {
+        id: u64,
+        encoding: Encoding,
+        deadline: Option<Instant>,
+        finish: Option<Box<Finishing>>,
+    },
     /// An encoded response waiting for the ones before it.
-    Ready { bytes: Vec<u8>, keep_alive: bool },
+    Ready { bytes: Vec<u8>, keep_alive: bool, finish: Option<Box<Finishing>> },
 }
 
 /// What [`ResponseQueue::release`] let out.
@@ -39,25 +47,37 @@ impl ResponseQueue {
         self.entries.len()
     }
 
-    /// Holds the place of offloaded job `id`.
-    pub(crate) fn wait_for(&mut self, id: u64, encoding: Encoding) {
-        self.entries.push_back(Entry::Waiting { id, encoding });
+    /// Holds the place of offloaded job `id`, until `deadline` if one.
+    pub(crate) fn wait_for(
+        &mut self,
+        id: u64,
+        encoding: Encoding,
+        deadline: Option<Instant>,
+        finish: Option<Box<Finishing>>,
+    ) {
+        self.entries.push_back(Entry::Waiting { id, encoding, deadline, finish });
     }
 
     /// Queues an encoded response behind the outstanding ones.
-    pub(crate) fn push_ready(&mut self, bytes: Vec<u8>, keep_alive: bool) {
+    pub(crate) fn push_ready(
+        &mut self,
+        bytes: Vec<u8>,
+        keep_alive: bool,
+        finish: Option<Box<Finishing>>,
+    ) {
         debug_assert!(!self.is_empty(), "only responses behind offloaded work wait");
-        self.entries.push_back(Entry::Ready { bytes, keep_alive });
+        self.entries.push_back(Entry::Ready { bytes, keep_alive, finish });
     }
 
     /// Fills in the place of job `id` with what `encode` makes of its
-    /// framing: the bytes and whether the connection stays open. False
-    /// when no job `id` waits here (it belonged to an earlier connection
-    /// with the same key).
+    /// framing: the bytes and whether the connection stays open (`encode`
+    /// also describes the response to its hooks, if any). False when no
+    /// job `id` waits here: it belonged to an earlier connection with the
+    /// same key, or it ran out of time.
     pub(crate) fn fill(
         &mut self,
         id: u64,
-        encode: impl FnOnce(Encoding) -> (Vec<u8>, bool),
+        encode: impl FnOnce(Encoding, Option<&mut Finishing>) -> (Vec<u8>, bool),
     ) -> bool {
         let Some(entry) = self
             .entries
@@ -66,25 +86,91 @@ impl ResponseQueue {
         else {
             return false;
         };
-        let Entry::Waiting { encoding, .. } = *entry else { unreachable!("matched above") };
-        let (bytes, keep_alive) = encode(encoding);
-        *entry = Entry::Ready { bytes, keep_alive };
+        let Entry::Waiting { encoding, finish, .. } = entry else { unreachable!("matched above") };
+        let encoding = *encoding;
+        let mut finish = finish.take();
+        let (bytes, keep_alive) = encode(encoding, finish.as_deref_mut());
+        *entry = Entry::Ready { bytes, keep_alive, finish };
         true
     }
 
-    /// Appends to `out` every ready response no longer behind a waiting one.
-    pub(crate) fn release(&mut self, out: &mut Vec<u8>) -> Released {
+    /// The earliest time a waiting job runs out.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.entries
+            .iter()
+            .filter_map(|entry| match entry {
+                Entry::Waiting { deadline, .. } => *deadline,
+                Entry::Ready { .. } => None,
+            })
+            .min()
+    }
+
+    /// Fills in every job whose deadline passed by `now` with what
+    /// `encode` makes (a 503); true if any did.
+    pub(crate) fn expire(
+        &mut self,
+        now: Instant,
+        mut encode: impl FnMut(Encoding, Option<&mut Finishing>) -> (Vec<u8>, bool),
+    ) -> bool {
+        let mut expired = false;
+        for entry in &mut self.entries {
+            if let Entry::Waiting { encoding, deadline: Some(deadline), finish, .. } = entry {
+                if *deadline <= now {
+                    let encoding = *encoding;
+                    let mut finish = finish.take();
+                    let (bytes, keep_alive) = encode(encoding, finish.as_deref_mut());
+                    *entry = Entry::Ready { bytes, keep_alive, finish };
+                    expired = true;
+                }
+            }
+        }
+        expired
+    }
+
+    /// Appends to `out` every ready response no longer behind a waiting
+    /// one; `watch` gets each one's hooks with `out`'s length after it.
+    pub(crate) fn release(
+        &mut self,
+        out: &mut Vec<u8>,
+        mut watch: impl FnMut(usize, Box<Finishing>),
+    ) -> Released {
         while matches!(self.entries.front(), Some(Entry::Ready { .. })) {
-            let Some(Entry::Ready { bytes, keep_alive }) = self.entries.pop_front() else {
+            let Some(Entry::Ready { bytes, keep_alive, finish }) = self.entries.pop_front() else {
                 unreachable!("checked above")
             };
             out.extend_from_slice(&bytes);
+            if let Some(finish) = finish {
+                watch(out.len(), finish);
+            }
             if !keep_alive {
-                self.entries.clear();
+                // Nothing after a closing response is sent.
+                for entry in self.entries.drain(..) {
+                    let (Entry::Waiting { finish, .. } | Entry::Ready { finish, .. }) = entry;
+                    if let Some(finish) = finish {
+                        (*finish).fire(false);
+                    }
+                }
                 return Released::Close;
             }
         }
         Released::KeepOpen
+    }
+
+    /// The connection closes with responses still waiting: they are cut
+    /// short.
+    fn cut_short(&mut self) {
+        for entry in self.entries.drain(..) {
+            let (Entry::Waiting { finish, .. } | Entry::Ready { finish, .. }) = entry;
+            if let Some(finish) = finish {
+                (*finish).fire(false);
+            }
+        }
+    }
+}
+
+impl Drop for ResponseQueue {
+    fn drop(&mut self) {
+        self.cut_short();
     }
 }
 
@@ -95,23 +181,27 @@ mod tests {
     const KEEP: Encoding = Encoding { head_request: false, keep_alive: true, http10: false };
 
     fn fill(queue: &mut ResponseQueue, id: u64, body: &str, keep_alive: bool) -> bool {
-        queue.fill(id, |_| (body.as_bytes().to_vec(), keep_alive))
+        queue.fill(id, |_, _| (body.as_bytes().to_vec(), keep_alive))
+    }
+
+    fn release(queue: &mut ResponseQueue, out: &mut Vec<u8>) -> Released {
+        queue.release(out, |_, _| {})
     }
 
     #[test]
     fn responses_leave_in_request_order() {
         let mut queue = ResponseQueue::default();
         let mut out = Vec::new();
-        queue.wait_for(1, KEEP);
-        queue.push_ready(b"B".to_vec(), true);
-        queue.wait_for(2, KEEP);
-        assert_eq!(queue.release(&mut out), Released::KeepOpen);
+        queue.wait_for(1, KEEP, None, None);
+        queue.push_ready(b"B".to_vec(), true, None);
+        queue.wait_for(2, KEEP, None, None);
+        assert_eq!(release(&mut queue, &mut out), Released::KeepOpen);
         assert!(out.is_empty(), "nothing may pass the first outstanding job");
         assert!(fill(&mut queue, 2, "C", true));
-        assert_eq!(queue.release(&mut out), Released::KeepOpen);
+        assert_eq!(release(&mut queue, &mut out), Released::KeepOpen);
         assert!(out.is_empty(), "job 2 is ready but still behind job 1");
         assert!(fill(&mut queue, 1, "A", true));
-        assert_eq!(queue.release(&mut out), Released::KeepOpen);
+        assert_eq!(release(&mut queue, &mut out), Released::KeepOpen);
         assert_eq!(out, b"ABC");
         assert!(queue.is_empty());
     }
@@ -120,10 +210,10 @@ mod tests {
     fn a_closing_response_drops_what_follows() {
         let mut queue = ResponseQueue::default();
         let mut out = Vec::new();
-        queue.wait_for(7, KEEP);
-        queue.push_ready(b"later".to_vec(), true);
+        queue.wait_for(7, KEEP, None, None);
+        queue.push_ready(b"later".to_vec(), true, None);
         assert!(fill(&mut queue, 7, "last", false));
-        assert_eq!(queue.release(&mut out), Released::Close);
+        assert_eq!(release(&mut queue, &mut out), Released::Close);
         assert_eq!(out, b"last");
         assert!(queue.is_empty());
     }
@@ -131,7 +221,7 @@ mod tests {
     #[test]
     fn an_unknown_job_is_ignored() {
         let mut queue = ResponseQueue::default();
-        queue.wait_for(1, KEEP);
+        queue.wait_for(1, KEEP, None, None);
         assert!(!fill(&mut queue, 9, "stray", true));
         assert_eq!(queue.len(), 1);
     }
@@ -140,12 +230,29 @@ mod tests {
     fn the_encoder_sees_the_jobs_framing() {
         let mut queue = ResponseQueue::default();
         let head = Encoding { head_request: true, keep_alive: false, http10: true };
-        queue.wait_for(3, head);
+        queue.wait_for(3, head, None, None);
         let mut seen = None;
-        assert!(queue.fill(3, |encoding| {
+        assert!(queue.fill(3, |encoding, _| {
             seen = Some(encoding);
             (Vec::new(), true)
         }));
         assert_eq!(seen, Some(head));
+    }
+
+    #[test]
+    fn a_job_past_its_deadline_is_answered_and_its_late_result_ignored() {
+        let mut queue = ResponseQueue::default();
+        let now = Instant::now();
+        let later = now + std::time::Duration::from_secs(5);
+        queue.wait_for(1, KEEP, Some(later), None);
+        queue.wait_for(2, KEEP, Some(now), None);
+        assert_eq!(queue.next_deadline(), Some(now));
+        assert!(queue.expire(now, |_, _| (b"503".to_vec(), true)));
+        assert_eq!(queue.next_deadline(), Some(later), "only job 2 ran out");
+        assert!(!fill(&mut queue, 2, "late", true), "its result has no place any more");
+        assert!(fill(&mut queue, 1, "A", true));
+        let mut out = Vec::new();
+        assert_eq!(release(&mut queue, &mut out), Released::KeepOpen);
+        assert_eq!(out, b"A503");
     }
 }

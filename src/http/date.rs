@@ -119,7 +119,7 @@ fn two_digits(out: &mut [u8], n: u32) {
 /// Gregorian calendar: Howard Hinnant's `civil_from_days`, for unsigned days.
 /// Eras are 400-year cycles counted from 0000-03-01, so leap days fall at
 /// the end of each era-year.
-fn civil_from_days(days: u64) -> (u32, u32, u32) {
+pub(crate) fn civil_from_days(days: u64) -> (u32, u32, u32) {
     // 719_468 days from 0000-03-01 to 1970-01-01.
     let z = days + 719_468;
     let era = z / 146_097;

@@ -10,7 +10,7 @@ pub(crate) mod request;
 pub(crate) mod response;
 
 pub use request::{Request, Version};
-pub use response::Response;
+pub use response::{Finished, Response};
 
 /// Limits on what a client may send, all enforced before the service runs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -561,6 +561,12 @@ pub struct Request<'a> {
     pub(crate) version: Version,
     pub(crate) headers: &'a [httparse::Header<'a>],
     pub(crate) body: &'a [u8],
+    /// Path parameters of the matched route, raw: `(name, value)`.
+    pub(crate) params: &'a [(&'a str, &'a str)],
+    /// The matched route's pattern (`/users/{id}`), once routed.
+    pub(crate) route: Option<&'a str>,
+    /// The connection's socket, for the peer's address.
+    pub(crate) socket: Option<&'a std::net::TcpStream>,
 }
 
 impl<'a> Request<'a> {
@@ -606,12 +612,95 @@ impl<'a> Request<'a> {
     pub fn body(&self) -> &'a [u8] {
         self.body
     }
+
+    /// Path parameter `name` of the matched route, as sent
+    /// (percent-encoded); `None` outside a router or for another route.
+    pub fn param(&self, name: &str) -> Option<&'a str> {
+        self.params.iter().find(|(key, _)| *key == name).map(|(_, value)| *value)
+    }
+
+    /// Path parameter `name`, percent-decoded (`%2F` is `/`; bytes that do
+    /// not make UTF-8 become U+FFFD). Malformed escapes are kept as sent.
+    pub fn param_decoded(&self, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+        self.param(name).map(percent_decode)
+    }
+
+    /// Every path parameter of the matched route, in pattern order.
+    pub fn params(&self) -> &'a [(&'a str, &'a str)] {
+        self.params
+    }
+
+    /// The pattern of the route that matched (`/users/{id}`), for logs and
+    /// metrics: a bounded set, unlike raw paths.
+    pub fn route(&self) -> Option<&'a str> {
+        self.route
+    }
+
+    /// The client's address (a `getpeername` each call: keep it if needed
+    /// more than once). `None` once the client is gone.
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.socket?.peer_addr().ok()
+    }
+
+    /// The same request with the router's findings.
+    pub(crate) fn routed<'b>(&self, route: &'b str, params: &'b [(&'b str, &'b str)]) -> Request<'b>
+    where
+        'a: 'b,
+    {
+        Request {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            version: self.version,
+            headers: self.headers,
+            body: self.body,
+            params,
+            route: Some(route),
+            socket: self.socket,
+        }
+    }
+}
+
+/// Decodes `%XX` escapes; anything else, malformed escapes included, is
+/// kept. Borrowed when there is nothing to decode.
+pub(crate) fn percent_decode(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains('%') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(high), Some(low)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+            {
+                decoded.push(high << 4 | low);
+                i += 3;
+                continue;
+            }
+        }
+        decoded.push(bytes[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(String::from_utf8_lossy(&decoded).into_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::http::MAX_HEADERS_CAP;
+
+    #[test]
+    fn percent_decoding_decodes_escapes_and_keeps_malformed_ones() {
+        assert!(matches!(percent_decode("plain"), std::borrow::Cow::Borrowed("plain")));
+        assert_eq!(percent_decode("a%20b%2Fc"), "a b/c");
+        assert_eq!(percent_decode("caf%C3%A9"), "café");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
+        assert_eq!(percent_decode("%FF"), "\u{FFFD}");
+    }
 
     /// An owned copy of a [`Head`], so tests can compare it after the
     /// header array is gone.
@@ -1045,6 +1134,9 @@ mod tests {
             version: Version::Http11,
             headers: &headers,
             body: b"",
+            params: &[],
+            route: None,
+            socket: None,
         };
         for (name, want) in
             [("a", Some("1")), ("b", Some("")), ("c", Some("")), ("sp", Some("%20")), ("d", None)]

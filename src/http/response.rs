@@ -8,6 +8,35 @@ use super::is_tchar;
 /// Work that fills in a response on a pool thread.
 pub(crate) type Work = Box<dyn FnOnce(&mut Response) + Send + 'static>;
 
+/// Called once the exchange of a response is over (see
+/// [`Response::on_finish`]).
+pub(crate) type FinishHook = Box<dyn FnOnce(&Finished<'_>) + Send + 'static>;
+
+/// Header fields as a service sets them.
+pub(crate) type Fields = Vec<(Cow<'static, str>, Cow<'static, str>)>;
+
+/// The end of one exchange, as [`Response::on_finish`] hooks see it: the
+/// response that was really sent (after offloaded work, or the 500 that
+/// replaced a panic) and whether all of it reached the socket.
+#[derive(Debug)]
+pub struct Finished<'a> {
+    /// The status sent.
+    pub status: u16,
+    /// The service's header fields of the response sent (not the ones the
+    /// server adds: `Date`, `Content-Length`, `Connection`).
+    pub headers: &'a [(Cow<'static, str>, Cow<'static, str>)],
+    /// Body bytes sent (none for HEAD, 204 and 304).
+    pub body_bytes: u64,
+    /// The whole response on the wire, head included.
+    pub wire_bytes: u64,
+    /// The last byte was handed to the kernel; false when the connection
+    /// closed first (client gone, server stopping, shut down with its loop).
+    pub completed: bool,
+    /// From when the loop read the request to the last byte written (or to
+    /// the close).
+    pub duration: std::time::Duration,
+}
+
 /// The response a service fills in. One is reused per loop, reset between
 /// requests, so a hello world allocates nothing.
 pub struct Response {
@@ -18,6 +47,10 @@ pub struct Response {
     pub(crate) close: bool,
     /// Work to finish this response on the offload pool.
     pub(crate) offload: Option<Work>,
+    /// How long offloaded work may take before a 503 is sent instead.
+    pub(crate) offload_timeout: Option<std::time::Duration>,
+    /// Called when the exchange is over.
+    pub(crate) on_finish: Vec<FinishHook>,
 }
 
 impl std::fmt::Debug for Response {
@@ -28,6 +61,8 @@ impl std::fmt::Debug for Response {
             .field("body", &self.body)
             .field("close", &self.close)
             .field("offload", &self.offload.is_some())
+            .field("offload_timeout", &self.offload_timeout)
+            .field("on_finish", &self.on_finish.len())
             .finish()
     }
 }
@@ -53,6 +88,8 @@ impl Response {
             body: Body::Static(b""),
             close: false,
             offload: None,
+            offload_timeout: None,
+            on_finish: Vec::new(),
         }
     }
 
@@ -100,9 +137,10 @@ impl Response {
     }
 
     /// Finishes this response on the offload pool instead of the loop:
-    /// `work` gets a fresh response to fill in, on a pool thread, and what
-    /// it fills in is sent (in request order on its connection). Whatever
-    /// was set on `self` is discarded. When the pool's queue is full the
+    /// `work` gets a response to fill in, on a pool thread, and what it
+    /// fills in is sent (in request order on its connection). The header
+    /// fields already set on `self` (by middleware, say) are carried over;
+    /// the status and body are `work`'s. When the pool's queue is full the
     /// request is answered `503` with `Retry-After` at once; a panic in
     /// `work` gives a `500`.
     ///
@@ -128,6 +166,51 @@ impl Response {
         self
     }
 
+    /// Offloaded work of this response that has not finished `timeout`
+    /// after it was handed over is answered `503` instead (its result,
+    /// when it comes, is dropped). Checked by the loop's timer sweep, so
+    /// the answer comes within a second of the timeout.
+    pub fn offload_timeout(&mut self, timeout: std::time::Duration) -> &mut Self {
+        self.offload_timeout = Some(timeout);
+        self
+    }
+
+    /// Calls `hook` once this exchange is over: after the last byte of the
+    /// response actually sent (offloaded work's, or the error that replaced
+    /// it) was written, or when the connection closed before that. It runs
+    /// on the loop's thread, so it must be quick (an access log hands its
+    /// line to a writer thread).
+    pub fn on_finish(&mut self, hook: impl FnOnce(&Finished<'_>) + Send + 'static) -> &mut Self {
+        self.on_finish.push(Box::new(hook));
+        self
+    }
+
+    /// Sets the body to `value` as JSON with `Content-Type:
+    /// application/json`; a value that cannot be serialized (a map with
+    /// non-string keys, say) gives a 500.
+    pub fn json(&mut self, value: &impl serde::Serialize) -> &mut Self {
+        match serde_json::to_vec(value) {
+            Ok(body) => {
+                self.header("Content-Type", "application/json");
+                self.body(body)
+            }
+            Err(err) => {
+                log::error!("response body cannot be serialized as JSON: {err}");
+                self.status(500).body_static(b"500 Internal Server Error\n")
+            }
+        }
+    }
+
+    /// The header fields set so far, in order.
+    pub fn headers(&self) -> &[(Cow<'static, str>, Cow<'static, str>)] {
+        &self.headers
+    }
+
+    /// The first header field named `name` (case-insensitive) set so far.
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+    }
+
     /// Asks for the connection to be closed after this response.
     pub fn close(&mut self) -> &mut Self {
         self.close = true;
@@ -150,10 +233,11 @@ impl Response {
 
     /// Back to `Response::new()`, keeping allocated capacity. Inlined into
     /// the service call: 15 instructions fewer per request.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn reset(&mut self) {
         self.status = 200;
         self.offload = None;
+        self.offload_timeout = None;
         self.headers.clear();
         self.close = false;
         match &mut self.body {
@@ -221,7 +305,7 @@ fn is_framed(status: u16) -> bool {
 
 /// The body bytes sent for a valid response: none for HEAD, 1xx, 204 and
 /// 304.
-fn body_on_the_wire(res: &Response, enc: Encoding) -> &[u8] {
+pub(crate) fn body_on_the_wire(res: &Response, enc: Encoding) -> &[u8] {
     if is_framed(res.status) && !enc.head_request {
         res.body_bytes()
     } else {

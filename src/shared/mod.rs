@@ -89,6 +89,18 @@ pub(crate) struct ServerShared {
     pub(crate) offload: Arc<Pool>,
     /// Captures, unwinds and keeps the stacks of stalled loops.
     pub(crate) forensics: crate::forensics::Forensics,
+    /// The service factory's own metrics, for `/metrics`.
+    pub(crate) service_metrics: ServiceMetrics,
+}
+
+/// Renders the service factory's metrics (its
+/// [`ServiceFactory::render_metrics`](crate::ServiceFactory::render_metrics)).
+pub(crate) struct ServiceMetrics(pub(crate) Box<dyn Fn(&mut String) + Send + Sync>);
+
+impl std::fmt::Debug for ServiceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServiceMetrics")
+    }
 }
 
 impl ServerShared {
