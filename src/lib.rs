@@ -110,6 +110,39 @@ pub mod __bench {
         date: DateCache,
     }
 
+    /// Calls `service` for `method path` with `headers`, as a loop would,
+    /// then ends the exchange as if the response were written whole (its
+    /// `on_finish` hooks run). `res` is reset first.
+    pub fn call_and_finish<S: crate::Service>(
+        service: &mut S,
+        method: &str,
+        path: &str,
+        headers: &[httparse::Header<'_>],
+        res: &mut Response,
+    ) {
+        let req = crate::Request {
+            method,
+            path,
+            query: None,
+            version: crate::Version::Http11,
+            headers,
+            body: b"",
+            params: None,
+            route: None,
+            socket: None,
+            received: Some(std::time::Instant::now()),
+        };
+        res.reset();
+        service.call(&req, res);
+        if !res.on_finish.is_empty() {
+            let hooks = std::mem::take(&mut res.on_finish);
+            let enc = response::Encoding { head_request: false, keep_alive: true, http10: false };
+            let mut finishing = crate::conn::bench_finishing(hooks);
+            finishing.describe(res, enc, 100);
+            (*finishing).fire(true);
+        }
+    }
+
     impl Encoder {
         /// `200`, `Content-Type: text/plain`, body `Hello, World!`.
         pub fn hello_world() -> Encoder {

@@ -307,9 +307,12 @@ fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, Run
         AccessLog::to_file(path, format)
     }
     .map_err(|err| RunError::Usage(format!("--access-log {}: {err}", path.display())))?;
-    // The same service, behind the access log.
+    // The same service, behind the router and the access log: `/` is a
+    // route (so its requests are counted by route), the rest the fallback.
+    let demo_call = |app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res);
     let app = App::with_state(move |slot| demo::App::new(slot, options))
-        .fallback(|app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res))
+        .get("/", demo_call)
+        .fallback(demo_call)
         .middleware(log)
         .build()
         .map_err(|err| RunError::Start(err.to_string()))?;

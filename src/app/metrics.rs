@@ -85,7 +85,7 @@ impl RouteMetrics {
             )
         };
         let seen = || summed.iter().enumerate().filter(|(_, h)| h.count > 0);
-        out.push_str("# HELP vigil_route_requests_total Finished exchanges by route pattern and status class (route=\"\": no route matched).\n# TYPE vigil_route_requests_total counter\n");
+        out.push_str("# HELP vigil_route_requests_total Requests answered, by route pattern and status class (route=\"\": no route matched).\n# TYPE vigil_route_requests_total counter\n");
         for (index, histogram) in seen() {
             let _ = writeln!(
                 out,
@@ -94,7 +94,7 @@ impl RouteMetrics {
                 histogram.count
             );
         }
-        out.push_str("# HELP vigil_route_duration_seconds From reading the request to its response's last byte written, by route pattern and status class.\n# TYPE vigil_route_duration_seconds histogram\n");
+        out.push_str("# HELP vigil_route_duration_seconds From the loop reading the request to the handler's return (offloaded work: to its response's last byte written), by route pattern and status class.\n# TYPE vigil_route_duration_seconds histogram\n");
         for (index, histogram) in seen() {
             let labels = labels(index);
             for (bound, count) in &histogram.buckets {

@@ -53,9 +53,6 @@ use crate::{Request, Response, Service, ServiceFactory};
 use metrics::RouteCounters;
 pub use metrics::STATUS_CLASSES;
 
-/// Path parameters a route may have (`/{a}/{b}/...`).
-pub const MAX_PARAMS: usize = 16;
-
 /// A request handler: a named function or closure, with the loop's state
 /// (`fn(&mut S, &Request, &mut Response)`) or without it
 /// (`fn(&Request, &mut Response)`). `Kind` tells the two apart.
@@ -296,9 +293,8 @@ impl<S: 'static> App<S> {
     }
 
     /// Checks and compiles the routes. A pattern matchit refuses, two
-    /// patterns that conflict, the same method twice on one path, an
-    /// invalid method token or more than [`MAX_PARAMS`] parameters is an
-    /// error.
+    /// patterns that conflict, the same method twice on one path or an
+    /// invalid method token is an error.
     pub fn build(self) -> Result<AppFactory<S>, RouteError> {
         let mut router = matchit::Router::new();
         let mut paths: Vec<PathRoutes<S>> = Vec::new();
@@ -310,9 +306,6 @@ impl<S: 'static> App<S> {
             }
             if !pattern.starts_with('/') {
                 return Err(refuse("a pattern starts with /".into()));
-            }
-            if pattern.matches('{').count() - 2 * pattern.matches("{{").count() > MAX_PARAMS {
-                return Err(refuse(format!("more than {MAX_PARAMS} parameters")));
             }
             let index = match paths.iter().position(|p| p.pattern == pattern) {
                 Some(index) => index,
@@ -473,35 +466,31 @@ impl<S> fmt::Debug for AppService<S> {
 impl<S: 'static> Service for AppService<S> {
     fn call(&mut self, req: &Request<'_>, res: &mut Response) {
         let routes = &*self.routes;
-        let mut params = [("", ""); MAX_PARAMS];
-        let mut routed = None;
-        let mut index = None;
-        if let Ok(found) = routes.router.at(req.path()) {
-            let mut count = 0;
-            for (slot, param) in params.iter_mut().zip(found.params.iter()) {
-                *slot = param;
-                count += 1;
-            }
-            index = Some(*found.value);
-            routed = Some((routes.paths[*found.value].pattern.as_str(), count));
-        }
+        let found = routes.router.at(req.path()).ok();
+        let index = found.as_ref().map(|found| *found.value);
         let routed_req;
-        let req = match routed {
-            Some((pattern, count)) => {
-                routed_req = req.routed(pattern, &params[..count]);
+        let req = match &found {
+            Some(found) => {
+                routed_req = req.routed(&routes.paths[*found.value].pattern, &found.params);
                 &routed_req
             }
             None => req,
         };
-        // By status class and route, once the exchange is over: the status
-        // of offloaded work is only known then.
-        let counters = self.counters.clone();
-        res.on_finish(move |finished| counters.record(index, finished.status, finished.duration));
         let state = &mut self.state;
         let mut endpoint =
             |req: &Request<'_>, res: &mut Response| routes.endpoint(index, state, req, res);
         Next { layers: &routes.layers, states: &mut self.layer_states, endpoint: &mut endpoint }
             .run(req, res);
+        // By route and status class. Offloaded work's status is known only
+        // once it is sent: counted then, by a hook. Any other response is
+        // counted now, without the allocations of a hook.
+        if res.offload.is_some() {
+            let counters = self.counters.clone();
+            res.on_finish(move |done| counters.record(index, done.status, done.duration));
+        } else {
+            let took = req.received().map_or(std::time::Duration::ZERO, |at| at.elapsed());
+            self.counters.record(index, res.status_code(), took);
+        }
     }
 }
 

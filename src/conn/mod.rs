@@ -546,9 +546,10 @@ impl Conn {
             version: head.version,
             headers: head.headers,
             body,
-            params: &[],
+            params: None,
             route: None,
             socket: Some(&self.socket.stream),
+            received: Some(cx.now),
         };
         let outcome = cx.call_service(&req);
         if cx.abandoned {
@@ -810,6 +811,11 @@ fn offload_timed_out() -> Response {
     res.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
     res.body_static(b"503 Service Unavailable: the work took too long\n");
     res
+}
+
+/// For `__bench`: hooks as the loop would watch them.
+pub(crate) fn bench_finishing(hooks: Vec<crate::http::response::FinishHook>) -> Box<Finishing> {
+    Finishing::new(hooks, Instant::now())
 }
 
 /// How long a closing connection may keep sending before it is cut.

@@ -561,12 +561,15 @@ pub struct Request<'a> {
     pub(crate) version: Version,
     pub(crate) headers: &'a [httparse::Header<'a>],
     pub(crate) body: &'a [u8],
-    /// Path parameters of the matched route, raw: `(name, value)`.
-    pub(crate) params: &'a [(&'a str, &'a str)],
+    /// Path parameters of the matched route, raw (read on demand: most
+    /// handlers read one or two).
+    pub(crate) params: Option<&'a matchit::Params<'a, 'a>>,
     /// The matched route's pattern (`/users/{id}`), once routed.
     pub(crate) route: Option<&'a str>,
     /// The connection's socket, for the peer's address.
     pub(crate) socket: Option<&'a std::net::TcpStream>,
+    /// When the loop read it (the time of the loop's wake-up).
+    pub(crate) received: Option<std::time::Instant>,
 }
 
 impl<'a> Request<'a> {
@@ -616,7 +619,7 @@ impl<'a> Request<'a> {
     /// Path parameter `name` of the matched route, as sent
     /// (percent-encoded); `None` outside a router or for another route.
     pub fn param(&self, name: &str) -> Option<&'a str> {
-        self.params.iter().find(|(key, _)| *key == name).map(|(_, value)| *value)
+        self.params?.get(name)
     }
 
     /// Path parameter `name`, percent-decoded (`%2F` is `/`; bytes that do
@@ -625,9 +628,10 @@ impl<'a> Request<'a> {
         self.param(name).map(percent_decode)
     }
 
-    /// Every path parameter of the matched route, in pattern order.
-    pub fn params(&self) -> &'a [(&'a str, &'a str)] {
-        self.params
+    /// Every path parameter of the matched route as `(name, raw value)`,
+    /// in pattern order.
+    pub fn params(&self) -> impl Iterator<Item = (&'a str, &'a str)> + '_ {
+        self.params.into_iter().flat_map(|params| params.iter())
     }
 
     /// The pattern of the route that matched (`/users/{id}`), for logs and
@@ -642,8 +646,18 @@ impl<'a> Request<'a> {
         self.socket?.peer_addr().ok()
     }
 
+    /// When the loop read the request: the start of its wake-up, so the
+    /// same for every request of one batch, and free to read.
+    pub fn received(&self) -> Option<std::time::Instant> {
+        self.received
+    }
+
     /// The same request with the router's findings.
-    pub(crate) fn routed<'b>(&self, route: &'b str, params: &'b [(&'b str, &'b str)]) -> Request<'b>
+    pub(crate) fn routed<'b>(
+        &self,
+        route: &'b str,
+        params: &'b matchit::Params<'b, 'b>,
+    ) -> Request<'b>
     where
         'a: 'b,
     {
@@ -654,9 +668,10 @@ impl<'a> Request<'a> {
             version: self.version,
             headers: self.headers,
             body: self.body,
-            params,
+            params: Some(params),
             route: Some(route),
             socket: self.socket,
+            received: self.received,
         }
     }
 }
@@ -1134,9 +1149,10 @@ mod tests {
             version: Version::Http11,
             headers: &headers,
             body: b"",
-            params: &[],
+            params: None,
             route: None,
             socket: None,
+            received: None,
         };
         for (name, want) in
             [("a", Some("1")), ("b", Some("")), ("c", Some("")), ("sp", Some("%20")), ("d", None)]

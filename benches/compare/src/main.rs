@@ -143,7 +143,7 @@ const USAGE: &str = "usage: compare bench|chaos|overhead|slow|instructions [--qu
   [--may-bin PATH] [--floor-bin PATH] [--peers DIR (default benches/peers)]
   [--secs S] [--warmup S] [--reps N] [--chaos-secs S] [--chaos-n N]
   [--slow-secs S] [--slow-every N] [--slow-ms MS] [--handoff-after D] [--handoff-grid D,D..]
-  [--only vigil,may_minihttp,c-floor,node,node-cluster,nginx]";
+  [--only vigil,vigil-routed,may_minihttp,c-floor,node,node-cluster,nginx]";
 
 fn main() -> ExitCode {
     match parse_args(std::env::args().skip(1).collect()).and_then(|c| run(&c)) {
@@ -276,7 +276,7 @@ fn pins(setup: Setup) -> (Option<&'static str>, Option<&'static str>) {
 fn available(cfg: &Config, name: &str, setup: Setup) -> bool {
     let selected = cfg.only.as_ref().is_none_or(|o| o.iter().any(|n| n == name));
     let installed = match (name, setup) {
-        ("vigil", _) => cfg.vigil.is_some(),
+        ("vigil" | "vigil-routed", _) => cfg.vigil.is_some(),
         ("may_minihttp", _) => cfg.may.is_some(),
         // One thread: the floor of one core, measured pinned only.
         ("c-floor", Setup::Pinned) => cfg.floor.is_some(),
@@ -316,6 +316,29 @@ fn spec_for(
                 addr.to_string(),
                 "--loops".into(),
                 workers.into(),
+            ];
+            v.extend_from_slice(extra);
+            v
+        }
+        // The same hello world through the app layer: the router (a
+        // matched route), per-route metrics and the access log, to a file.
+        ("vigil-routed", _) => {
+            let Some(bin) = &cfg.vigil else {
+                return Ok(None);
+            };
+            mark = Some(VIGIL_REPLACED);
+            let log = std::fs::canonicalize(&cfg.out)?.join("access.log");
+            let _ = std::fs::remove_file(&log);
+            let mut v = vec![
+                path(bin),
+                "--listen".into(),
+                addr.to_string(),
+                "--loops".into(),
+                workers.into(),
+                "--access-log".into(),
+                path(&log),
+                "--access-log-format".into(),
+                "combined".into(),
             ];
             v.extend_from_slice(extra);
             v
@@ -525,8 +548,8 @@ pub fn pin_current_thread(cpus: &[usize]) {
     }
 }
 
-const BENCH_SERVERS: [&str; 6] =
-    ["may_minihttp", "vigil", "c-floor", "node", "node-cluster", "nginx"];
+const BENCH_SERVERS: [&str; 7] =
+    ["may_minihttp", "vigil", "vigil-routed", "c-floor", "node", "node-cluster", "nginx"];
 
 fn bench(cfg: &Config) -> Result<()> {
     let setups = [Setup::Pinned, Setup::Whole];
