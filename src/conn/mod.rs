@@ -548,7 +548,7 @@ impl Conn {
             body,
             params: None,
             route: None,
-            socket: Some(&self.socket.stream),
+            socket: Some(&self.socket),
             received: Some(cx.now),
         };
         let outcome = cx.call_service(&req);

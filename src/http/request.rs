@@ -567,7 +567,7 @@ pub struct Request<'a> {
     /// The matched route's pattern (`/users/{id}`), once routed.
     pub(crate) route: Option<&'a str>,
     /// The connection's socket, for the peer's address.
-    pub(crate) socket: Option<&'a std::net::TcpStream>,
+    pub(crate) socket: Option<&'a crate::shared::SharedSocket>,
     /// When the loop read it (the time of the loop's wake-up).
     pub(crate) received: Option<std::time::Instant>,
 }
@@ -640,10 +640,10 @@ impl<'a> Request<'a> {
         self.route
     }
 
-    /// The client's address (a `getpeername` each call: keep it if needed
-    /// more than once). `None` once the client is gone.
+    /// The client's address (looked up once per connection). `None` if
+    /// the client was already gone.
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.socket?.peer_addr().ok()
+        self.socket?.peer_addr()
     }
 
     /// When the loop read the request: the start of its wake-up, so the

@@ -52,6 +52,10 @@ pub(crate) struct SharedSocket {
     pub(crate) adopted: bool,
     /// Its place in its client address's count, when that is capped.
     pub(crate) ticket: Option<Arc<PeerTicket>>,
+    /// The client's address, looked up once when first asked for (an
+    /// access log asks on every request: a `getpeername` each time cost
+    /// more than the rest of the line).
+    peer: std::sync::OnceLock<Option<std::net::SocketAddr>>,
 }
 
 /// A connection on its way from one loop to another: its socket and its
@@ -70,7 +74,18 @@ impl SharedSocket {
         adopted: bool,
         ticket: Option<Arc<PeerTicket>>,
     ) -> SharedSocket {
-        SharedSocket { stream, claim: AtomicU8::new(IDLE), adopted, ticket }
+        SharedSocket {
+            stream,
+            claim: AtomicU8::new(IDLE),
+            adopted,
+            ticket,
+            peer: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The client's address (`None` if it was gone when first asked).
+    pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        *self.peer.get_or_init(|| self.stream.peer_addr().ok())
     }
 
     /// The socket for reads and writes (see [`RawSocket`]). The fd lives
