@@ -307,11 +307,13 @@ fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, Run
         AccessLog::to_file(path, format)
     }
     .map_err(|err| RunError::Usage(format!("--access-log {}: {err}", path.display())))?;
-    // The same service, behind the router and the access log: `/` is a
-    // route (so its requests are counted by route), the rest the fallback.
+    // The same service, behind the router and the access log: every
+    // method of every path is a route (so its requests are counted by
+    // route, `/` apart from the rest) and answers as without the log.
     let demo_call = |app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res);
     let app = App::with_state(move |slot| demo::App::new(slot, options))
-        .get("/", demo_call)
+        .any("/", demo_call)
+        .any("/{*path}", demo_call)
         .fallback(demo_call)
         .middleware(log)
         .build()

@@ -37,8 +37,10 @@ pub(crate) struct Job {
 pub(crate) struct Completion {
     pub(crate) conn: usize,
     pub(crate) id: u64,
-    /// The response, or the panic of the work.
-    pub(crate) result: Result<Response, Box<dyn std::any::Any + Send>>,
+    /// The response, or the panic of the work with the header fields it
+    /// was given (for the 500 that answers instead).
+    pub(crate) result:
+        Result<Response, (Box<dyn std::any::Any + Send>, crate::http::response::Fields)>,
 }
 
 /// Pool-wide counters.
@@ -93,18 +95,44 @@ impl Pool {
     }
 }
 
+/// Removes each of the first `carried` fields (set before the work was
+/// offloaded) that the work set again: the work's value wins, rather than
+/// two `Content-Type` fields going out.
+fn drop_overridden(headers: &mut crate::http::response::Fields, carried: usize) {
+    let carried = carried.min(headers.len());
+    if carried == headers.len() {
+        return;
+    }
+    let mut index = 0;
+    let mut left = carried;
+    while index < left {
+        let name = &headers[index].0;
+        if headers[left..].iter().any(|(set, _)| set.eq_ignore_ascii_case(name)) {
+            headers.remove(index);
+            left -= 1;
+        } else {
+            index += 1;
+        }
+    }
+}
+
 fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
     for job in queue {
         counters.queued.fetch_sub(1, Relaxed);
         counters.running.fetch_add(1, Relaxed);
         let mut response = Response::new();
+        let carried = job.headers.len();
         response.headers = job.headers;
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| (job.work)(&mut response)));
         let result = match outcome {
-            Ok(()) => Ok(response),
+            Ok(()) => {
+                drop_overridden(&mut response.headers, carried);
+                Ok(response)
+            }
             Err(payload) => {
                 counters.panicked.fetch_add(1, Relaxed);
-                Err(payload)
+                response.headers.truncate(carried);
+                Err((payload, std::mem::take(&mut response.headers)))
             }
         };
         counters.running.fetch_sub(1, Relaxed);
@@ -113,5 +141,25 @@ fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
         if job.reply_to.send(Completion { conn: job.conn, id: job.id, result }).is_ok() {
             let _ = job.waker.wake();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_the_work_sets_again_replace_the_carried_ones() {
+        let field = |n: &'static str, v: &'static str| (n.into(), v.into());
+        let mut headers: crate::http::response::Fields = vec![
+            field("X-Request-Id", "1"),
+            field("Content-Type", "text/plain"),
+            field("content-type", "application/json"),
+        ];
+        drop_overridden(&mut headers, 2);
+        assert_eq!(
+            headers,
+            vec![field("X-Request-Id", "1"), field("content-type", "application/json")]
+        );
     }
 }

@@ -153,6 +153,8 @@ fn a_cors_preflight_is_answered_and_only_allowed_origins_are_marked() {
     assert_eq!(simple.header("vary"), Some("Origin"));
     let stranger = send(&server, "GET", "/items", "Origin: https://evil.example\r\n");
     assert_eq!((stranger.status, stranger.header("access-control-allow-origin")), (200, None));
+    // Without an Origin too: a shared cache must not reuse it for one.
+    assert_eq!(send(&server, "GET", "/items", "").header("vary"), Some("Origin"));
 }
 
 /// A sink that hands each write to a channel.
@@ -357,4 +359,127 @@ fn metrics_count_exchanges_by_route_pattern_and_status_class() {
     assert!(page.contains(
         "vigil_route_duration_seconds_bucket{route=\"/users/{id}\",class=\"2xx\",le=\"+Inf\"} 3"
     ));
+}
+
+/// `/slow` offloads work that waits for `gate` (opened by the guard when
+/// the test ends); `/boom` panics; `/json` offloads work that answers JSON
+/// and registers its own `on_finish` hook, reporting to `finished`.
+fn troubled_app(gate: &Arc<(Mutex<bool>, Condvar)>, finished: Sender<u16>) -> App {
+    let waiting = gate.clone();
+    App::new()
+        .get("/slow", move |_req: &Request<'_>, res: &mut Response| {
+            let gate = waiting.clone();
+            res.offload(move |res| {
+                let (open, changed) = &*gate;
+                let mut open = open.lock().unwrap();
+                while !*open {
+                    open = changed.wait(open).unwrap();
+                }
+                res.body_static(b"too late\n");
+            });
+        })
+        .get("/boom", |_req: &Request<'_>, _res: &mut Response| panic!("boom"))
+        .get("/json", move |_req: &Request<'_>, res: &mut Response| {
+            res.header("Content-Type", "text/plain");
+            let finished = finished.clone();
+            res.offload(move |res| {
+                res.json(&serde_json::json!({ "ok": true }));
+                res.on_finish(move |done| {
+                    let _ = finished.send(done.status);
+                });
+            });
+        })
+        .get("/items", list_items)
+}
+
+struct OpenGate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for OpenGate {
+    fn drop(&mut self) {
+        *self.0 .0.lock().unwrap() = true;
+        self.0 .1.notify_all();
+    }
+}
+
+fn quick_sweep_config() -> vigil::Config {
+    let mut config = util::config(1);
+    // The sweep that checks offload timeouts runs at a quarter of this.
+    config.header_timeout = Duration::from_millis(200);
+    config.keep_alive_timeout = Duration::from_secs(10);
+    config
+}
+
+#[test]
+fn after_an_offload_timeout_the_requests_left_in_the_socket_are_answered() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let _open = OpenGate(gate.clone());
+    let (finished, _) = crossbeam_channel::unbounded();
+    let app = troubled_app(&gate, finished)
+        .middleware(RequestId)
+        .middleware(OffloadTimeout(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let server = util::start(quick_sweep_config(), app);
+    let mut client = Client::new(server.local_addr());
+    // More behind the stuck one than a connection keeps waiting (64): the
+    // loop stops reading, and what comes next stays in the socket until
+    // the 503 lets the others go.
+    let mut pipelined = request("GET", "/slow", "");
+    for _ in 0..70 {
+        pipelined.extend(request("GET", "/items", ""));
+    }
+    client.send(&pipelined);
+    assert!(util::eventually(Duration::from_secs(10), || server.snapshot().totals.requests >= 71));
+    let mut rest = Vec::new();
+    for _ in 0..30 {
+        rest.extend(request("GET", "/items", ""));
+    }
+    client.send(&rest);
+    let timed_out = client.reply();
+    assert_eq!(timed_out.status, 503);
+    assert!(timed_out.header("x-request-id").is_some(), "the fields set before offload are kept");
+    for n in 0..100 {
+        assert_eq!(client.reply_to("GET").unwrap_or_else(|e| panic!("reply {n}: {e}")).status, 200);
+    }
+}
+
+#[test]
+fn a_partial_request_behind_offloaded_work_waits_for_the_503_not_a_408() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let _open = OpenGate(gate.clone());
+    let (finished, _) = crossbeam_channel::unbounded();
+    let app = troubled_app(&gate, finished)
+        .middleware(OffloadTimeout(Duration::from_millis(100)))
+        .build()
+        .unwrap();
+    let server = util::start(quick_sweep_config(), app);
+    let mut client = Client::new(server.local_addr());
+    client.send(&request("GET", "/slow", ""));
+    client.send(b"GET /items HTTP/1.1\r\nHo");
+    assert_eq!(client.reply().status, 503, "the offloaded one is answered first");
+    client.send(b"st: t\r\n\r\n");
+    assert_eq!(client.reply().text(), "items\n");
+}
+
+#[test]
+fn a_panic_is_logged_with_its_500_and_offloaded_hooks_and_fields_are_kept() {
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let _open = OpenGate(gate.clone());
+    let (sink, lines) = crossbeam_channel::unbounded();
+    let (finished, finish_seen) = crossbeam_channel::unbounded();
+    let log = AccessLog::to_writer(Lines(sink), Format::Json, 64).unwrap();
+    let app = troubled_app(&gate, finished).middleware(log).build().unwrap();
+    let server = start(app);
+    assert_eq!(send(&server, "GET", "/boom", "").status, 500);
+    let line = next_json_line(&lines);
+    assert_eq!((line["status"].as_u64(), line["target"].as_str()), (Some(500), Some("/boom")));
+    let json = send(&server, "GET", "/json", "");
+    let types: Vec<&str> = json
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(types, ["application/json"], "the work's value replaces the one set before");
+    assert_eq!(finish_seen.recv_timeout(util::IO_TIMEOUT), Ok(200), "the work's own hook ran");
 }

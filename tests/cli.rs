@@ -304,6 +304,10 @@ fn the_access_log_flag_writes_a_line_per_request_in_the_chosen_format() {
     assert_eq!(record["target"], "/hello?x=1");
     assert_eq!(record["status"], 200);
     assert_eq!(record["bytes"], reply.body.len());
+    // Behind the log the binary answers as without it: no 405 anywhere.
+    let mut post = util::Client::new(vigil.addr);
+    post.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(post.reply().text(), "Hello World\n");
     drop(vigil);
     let _ = std::fs::remove_file(&path);
 }

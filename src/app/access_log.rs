@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender};
 use serde::Serialize;
 
 use super::middleware::REQUEST_ID;
@@ -62,7 +62,7 @@ struct Record {
     status: u16,
     bytes: u64,
     duration_ms: f64,
-    /// The client did not get the whole response.
+    /// The whole response reached the socket.
     completed: bool,
     route: Option<String>,
     request_id: Option<String>,
@@ -190,28 +190,29 @@ impl Middleware for AccessLog {
             referer: if with_agent { text("Referer") } else { None },
             user_agent: if with_agent { text("User-Agent") } else { None },
         };
-        next.run(req, res);
-        let Some(queue) = self.queue.clone() else { return };
-        let counters = self.counters.clone();
-        res.on_finish(move |finished| {
-            record.status = finished.status;
-            record.bytes = finished.body_bytes;
-            record.duration_ms = finished.duration.as_secs_f64() * 1e3;
-            record.completed = finished.completed;
-            if json {
-                record.request_id = finished
-                    .headers
-                    .iter()
-                    .find(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID))
-                    .map(|(_, value)| value.to_string());
-            }
-            match queue.try_send(record) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+        // Registered before the rest of the chain: a handler that panics
+        // still gets its line (with the 500 that answers it).
+        if let Some(queue) = self.queue.clone() {
+            let counters = self.counters.clone();
+            res.on_finish(move |finished| {
+                record.status = finished.status;
+                record.bytes = finished.body_bytes;
+                record.duration_ms = finished.duration.as_secs_f64() * 1e3;
+                record.completed = finished.completed;
+                if json {
+                    record.request_id = finished
+                        .headers
+                        .iter()
+                        .find(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID))
+                        .map(|(_, value)| value.to_string());
+                }
+                if queue.try_send(record).is_err() {
+                    // Full (the writer lags) or gone: the line is lost.
                     counters.dropped.fetch_add(1, Relaxed);
                 }
-            }
-        });
+            });
+        }
+        next.run(req, res);
     }
 
     fn render_metrics(&self, out: &mut String) {

@@ -33,7 +33,11 @@ impl RouteCounters {
     }
 
     /// Counts a finished exchange of route `index` (`None`: no route).
+    /// Status 0 (no response was made) is not counted.
     pub(crate) fn record(&self, index: Option<usize>, status: u16, duration: Duration) {
+        if status == 0 {
+            return;
+        }
         let routes = self.latency.len() / STATUS_CLASSES.len() - 1;
         let route = index.unwrap_or(routes).min(routes);
         let class = usize::from(status / 100).clamp(1, 5) - 1;

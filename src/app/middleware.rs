@@ -9,7 +9,8 @@ use crate::{Request, Response};
 
 /// Gives every response an `X-Request-Id`: the client's, when it sent a
 /// valid one (1 to 128 of `A-Z a-z 0-9 - _ . :`), otherwise a new one
-/// (16 hex digits, unique per process: a per-loop prefix and counter).
+/// (16 hex digits: a random 32-bit prefix per loop and a 32-bit counter,
+/// so unique in practice, not by construction).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RequestId;
 
@@ -160,14 +161,17 @@ impl Middleware for Cors {
     fn state(&self, _slot: usize) {}
 
     fn call(&self, _state: &mut (), req: &Request<'_>, res: &mut Response, next: Next<'_>) {
+        // The answer depends on Origin whenever it is echoed: said on every
+        // response (with none too), or a shared cache could give a
+        // response without CORS fields to a cross-origin page.
+        if matches!(self.origins, Origins::List(_)) {
+            res.header("Vary", "Origin");
+        }
         let origin = req.header("Origin").and_then(|o| std::str::from_utf8(o).ok());
         let Some(origin) = origin else {
             return next.run(req, res); // not a cross-origin request
         };
         let allowed = self.allowed(origin);
-        if matches!(self.origins, Origins::List(_)) {
-            res.header("Vary", "Origin");
-        }
         let preflight =
             req.method() == "OPTIONS" && req.header("Access-Control-Request-Method").is_some();
         if preflight {

@@ -272,6 +272,12 @@ impl<S: 'static> App<S> {
         self.route("DELETE", pattern, handler)
     }
 
+    /// Routes every method of `pattern` that has no route of its own to
+    /// `handler` (OPTIONS included): the path never answers 405.
+    pub fn any<K>(self, pattern: &str, handler: impl Handler<S, K>) -> Self {
+        self.route(ANY_METHOD, pattern, handler)
+    }
+
     /// What answers a path no route matches (404 by default).
     pub fn fallback<K>(mut self, handler: impl Handler<S, K>) -> Self {
         self.fallback = Some(boxed(handler));
@@ -301,7 +307,8 @@ impl<S: 'static> App<S> {
         for (method, pattern, handler) in self.routes {
             let refuse =
                 |reason: String| RouteError { route: format!("{method} {pattern}"), reason };
-            if method.is_empty() || !method.bytes().all(crate::http::is_tchar) {
+            let token = !method.is_empty() && method.bytes().all(crate::http::is_tchar);
+            if !token && method != ANY_METHOD {
                 return Err(refuse("the method is not a token (RFC 9110 9.1)".into()));
             }
             if !pattern.starts_with('/') {
@@ -328,7 +335,8 @@ impl<S: 'static> App<S> {
             path.methods.push((method, handler));
         }
         for path in &mut paths {
-            path.allow = allow_header(path.methods.iter().map(|(m, _)| m.as_str()));
+            let methods = path.methods.iter().map(|(m, _)| m.as_str()).filter(|m| *m != ANY_METHOD);
+            path.allow = allow_header(methods);
         }
         let fallback = self.fallback.unwrap_or_else(|| boxed(not_found));
         let patterns = paths.iter().map(|p| p.pattern.clone()).collect();
@@ -344,6 +352,9 @@ impl<S: 'static> App<S> {
         })
     }
 }
+
+/// The method of [`App::any`]'s routes: not a token, so no request has it.
+const ANY_METHOD: &str = "*";
 
 fn not_found(_req: &Request<'_>, res: &mut Response) {
     res.status(404).header("Content-Type", "text/plain").body_static(b"404 Not Found\n");
@@ -404,6 +415,9 @@ impl<S> Routes<S> {
             if let Some(handler) = path.handler("GET") {
                 return handler(state, req, res);
             }
+        }
+        if let Some(handler) = path.handler(ANY_METHOD) {
+            return handler(state, req, res);
         }
         if method == "OPTIONS" {
             res.status(204).header("Allow", path.allow.clone());
@@ -476,11 +490,15 @@ impl<S: 'static> Service for AppService<S> {
             }
             None => req,
         };
+        // A handler that panics is answered 500 by the loop: count it so.
+        let panicked =
+            CountIfPanicking { counters: &self.counters, index, received: req.received() };
         let state = &mut self.state;
         let mut endpoint =
             |req: &Request<'_>, res: &mut Response| routes.endpoint(index, state, req, res);
         Next { layers: &routes.layers, states: &mut self.layer_states, endpoint: &mut endpoint }
             .run(req, res);
+        std::mem::forget(panicked);
         // By route and status class. Offloaded work's status is known only
         // once it is sent: counted then, by a hook. Any other response is
         // counted now, without the allocations of a hook.
@@ -491,6 +509,20 @@ impl<S: 'static> Service for AppService<S> {
             let took = req.received().map_or(std::time::Duration::ZERO, |at| at.elapsed());
             self.counters.record(index, res.status_code(), took);
         }
+    }
+}
+
+/// Counts a 500 for the route when dropped by a panic's unwinding.
+struct CountIfPanicking<'a> {
+    counters: &'a RouteCounters,
+    index: Option<usize>,
+    received: Option<std::time::Instant>,
+}
+
+impl Drop for CountIfPanicking<'_> {
+    fn drop(&mut self) {
+        let took = self.received.map_or(std::time::Duration::ZERO, |at| at.elapsed());
+        self.counters.record(self.index, 500, took);
     }
 }
 

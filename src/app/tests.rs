@@ -21,6 +21,7 @@ fn conflicting_or_malformed_routes_are_refused_by_build() {
     assert!(refused(App::new().route("GE T", "/a", ok)).contains("token"));
     // The same path with another method is not a conflict.
     assert!(App::new().get("/a", ok).post("/a", ok).build().is_ok());
+    assert!(App::new().any("/a", ok).get("/a", ok).build().is_ok(), "any() beside a method");
 }
 
 #[test]

@@ -48,6 +48,11 @@ impl Finishing {
         })
     }
 
+    /// Adds hooks registered later (by offloaded work on its response).
+    pub(crate) fn add_hooks(&mut self, hooks: Vec<FinishHook>) {
+        self.hooks.extend(hooks);
+    }
+
     /// Records what was encoded: `res`, framed by `enc`, took `wire_bytes`.
     #[cold]
     pub(crate) fn describe(&mut self, res: &Response, enc: Encoding, wire_bytes: usize) {

@@ -249,24 +249,30 @@ impl Conn {
     }
 
     /// The deadline passed; returns what to do with the connection.
-    pub(crate) fn on_deadline<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
+    pub(crate) fn on_deadline<F: ServiceFactory>(
+        &mut self,
+        scratch: &mut [u8],
+        cx: &mut LoopContext<F>,
+    ) -> Next {
         match self.timer {
             Timer::Fresh | Timer::Idle | Timer::Linger => Next::Close,
             // Output it does not read is waiting: a 408 would only pile up
             // behind it. The client is not listening; close.
             Timer::Request if !self.output.is_empty() => Next::Close,
             Timer::Offload => {
-                let (draining, date) = (cx.draining, &cx.date);
-                let expired = self.queue.expire(cx.now, |mut encoding, finish| {
+                let (draining, date, now) = (cx.draining, &cx.date, cx.now);
+                let expired = self.queue.expire(now, |mut encoding, carried, finish| {
                     encoding.keep_alive &= !draining;
-                    let response = offload_timed_out();
-                    encode_watched(&response, encoding, date, finish)
+                    let mut response = offload_timed_out();
+                    response.headers.splice(0..0, carried);
+                    encode_watched(&mut response, encoding, date, finish, now)
                 });
                 if !expired {
+                    self.deadline = self.queue.next_deadline().unwrap_or(self.deadline);
                     return Next::Wait;
                 }
                 self.release_queue(cx);
-                self.flush(cx)
+                self.flush_and_resume(scratch, cx)
             }
             Timer::Request => {
                 cx.count_rejected();
@@ -436,7 +442,14 @@ impl Conn {
     /// Part of a head is here. On a new connection the clock started at
     /// accept (so a head takes at most the header timeout, not twice it);
     /// between requests it starts at the first byte.
+    ///
+    /// While offloaded work is outstanding its timer stays: the client
+    /// waits for answers, and a 408 would go out ahead of them. The header
+    /// timeout starts when the last answer is out (`release_queue`).
     fn wait_for_rest_of_request<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) {
+        if !self.queue.is_empty() {
+            return;
+        }
         match self.timer {
             Timer::Request => {}
             Timer::Fresh => self.timer = Timer::Request,
@@ -466,6 +479,9 @@ impl Conn {
             cx.out.extend_from_slice(CONTINUE);
             self.queue_if_behind_offload(start, true, None, cx);
             self.sent_continue = true;
+        }
+        if !self.queue.is_empty() {
+            return; // as in wait_for_rest_of_request
         }
         match self.timer {
             Timer::Request | Timer::Fresh => {}
@@ -555,6 +571,7 @@ impl Conn {
         if cx.abandoned {
             // The supervisor closed our sockets and replaced us while the
             // handler ran; this response has nowhere to go.
+            cx.response.on_finish.clear();
             return;
         }
         let encoding = Encoding {
@@ -650,8 +667,17 @@ impl Conn {
             self.closing = Closing::AfterWrite;
         }
         if self.queue.is_empty() && self.timer == Timer::Offload {
-            self.timer = Timer::Idle;
-            self.deadline = cx.now + cx.keep_alive_timeout;
+            if self.input.is_empty() {
+                self.timer = Timer::Idle;
+                self.deadline = cx.now + cx.keep_alive_timeout;
+            } else {
+                // Part of the next request came while it waited.
+                self.timer = Timer::Request;
+                self.request_clock = cx.now;
+                self.deadline = cx.now + cx.header_timeout;
+            }
+        } else if self.timer == Timer::Offload {
+            self.deadline = self.queue.next_deadline().unwrap_or(self.deadline);
         }
     }
 
@@ -668,18 +694,22 @@ impl Conn {
         cx.next_job_id += 1;
         cx.shared.counters.offloaded.fetch_add(1, Relaxed);
         let deadline = cx.response.offload_timeout.map(|timeout| cx.now + timeout);
+        let headers = std::mem::take(&mut cx.response.headers);
+        // A copy for the 503 of a timeout, which has no other way to them.
+        let carried = if deadline.is_some() { headers.clone() } else { Vec::new() };
         let job = Job {
             work,
-            headers: std::mem::take(&mut cx.response.headers),
+            headers,
             reply_to: cx.completions.clone(),
             waker: cx.waker.clone(),
             conn: self.key,
             id,
         };
         match cx.offload.submit(job) {
-            Ok(()) => self.queue.wait_for(id, encoding, deadline, finishing),
-            Err(_job) => {
+            Ok(()) => self.queue.wait_for(id, encoding, deadline, carried, finishing),
+            Err(job) => {
                 let mut busy = Response::new();
+                busy.headers = job.headers;
                 busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
                 busy.body_static(b"503 Service Unavailable: offload queue full\n");
                 let start = cx.out.len();
@@ -704,15 +734,17 @@ impl Conn {
         scratch: &mut [u8],
         cx: &mut LoopContext<F>,
     ) -> Next {
-        let (draining, date, shared) = (cx.draining, &cx.date, &cx.shared);
+        let (draining, date, shared, now) = (cx.draining, &cx.date, &cx.shared, cx.now);
         let filled = self.queue.fill(completion.id, |mut encoding, finish| {
             encoding.keep_alive &= !draining;
-            let response = completion.result.unwrap_or_else(|panic| {
+            let mut response = completion.result.unwrap_or_else(|(panic, carried)| {
                 let (name, panic) = (shared.name(), panic_message(panic.as_ref()));
                 log::error!("loop {name} offloaded work panicked panic={panic:?}; answered 500");
-                response::internal_error()
+                let mut error = response::internal_error();
+                error.headers.splice(0..0, carried);
+                error
             });
-            encode_watched(&response, encoding, date, finish)
+            encode_watched(&mut response, encoding, date, finish, now)
         });
         if !filled {
             // Not ours (an older connection with this key), or it ran out
@@ -720,6 +752,17 @@ impl Conn {
             return Next::Wait;
         }
         self.release_queue(cx);
+        self.flush_and_resume(scratch, cx)
+    }
+
+    /// Writes what was released and, if reading stopped while responses
+    /// were pending, goes back to the input left in the socket (edge
+    /// triggered: no new event would come for it).
+    fn flush_and_resume<F: ServiceFactory>(
+        &mut self,
+        scratch: &mut [u8],
+        cx: &mut LoopContext<F>,
+    ) -> Next {
         match self.flush(cx) {
             Next::Wait
                 if self.read_paused && self.output.is_empty() && self.closing == Closing::Open =>
@@ -791,14 +834,24 @@ impl Conn {
 
 /// Encodes an offloaded job's response into its own buffer, describing it
 /// to the job's hooks.
+///
+/// Hooks the work itself registered join those of the request.
 fn encode_watched(
-    response: &Response,
+    response: &mut Response,
     encoding: Encoding,
     date: &crate::http::date::DateCache,
-    finish: Option<&mut Finishing>,
+    finish: &mut Option<Box<Finishing>>,
+    now: Instant,
 ) -> (Vec<u8>, bool) {
     let mut bytes = Vec::new();
     let keep_alive = response::encode(response, encoding, date, &mut bytes);
+    if !response.on_finish.is_empty() {
+        let hooks = std::mem::take(&mut response.on_finish);
+        match finish {
+            Some(finish) => finish.add_hooks(hooks),
+            None => *finish = Some(Finishing::new(hooks, now)),
+        }
+    }
     if let Some(finish) = finish {
         finish.describe(response, encoding, bytes.len());
     }

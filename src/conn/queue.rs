@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::finish::Finishing;
-use crate::http::response::Encoding;
+use crate::http::response::{Encoding, Fields};
 
 /// The in-order queue of one connection. Empty whenever no offloaded work
 /// is outstanding; responses then go straight to the output.
@@ -17,11 +17,13 @@ pub(crate) struct ResponseQueue {
 #[derive(Debug)]
 enum Entry {
     /// Offloaded job `id`, not back yet, how its response is framed, when
-    /// it is given up on, and its `on_finish` hooks.
+    /// it is given up on (with a copy of the fields set before it was
+    /// offloaded, for that answer), and its `on_finish` hooks.
     Waiting {
         id: u64,
         encoding: Encoding,
         deadline: Option<Instant>,
+        carried: Fields,
         finish: Option<Box<Finishing>>,
     },
     /// An encoded response waiting for the ones before it.
@@ -53,9 +55,10 @@ impl ResponseQueue {
         id: u64,
         encoding: Encoding,
         deadline: Option<Instant>,
+        carried: Fields,
         finish: Option<Box<Finishing>>,
     ) {
-        self.entries.push_back(Entry::Waiting { id, encoding, deadline, finish });
+        self.entries.push_back(Entry::Waiting { id, encoding, deadline, carried, finish });
     }
 
     /// Queues an encoded response behind the outstanding ones.
@@ -77,7 +80,7 @@ impl ResponseQueue {
     pub(crate) fn fill(
         &mut self,
         id: u64,
-        encode: impl FnOnce(Encoding, Option<&mut Finishing>) -> (Vec<u8>, bool),
+        encode: impl FnOnce(Encoding, &mut Option<Box<Finishing>>) -> (Vec<u8>, bool),
     ) -> bool {
         let Some(entry) = self
             .entries
@@ -89,7 +92,7 @@ impl ResponseQueue {
         let Entry::Waiting { encoding, finish, .. } = entry else { unreachable!("matched above") };
         let encoding = *encoding;
         let mut finish = finish.take();
-        let (bytes, keep_alive) = encode(encoding, finish.as_deref_mut());
+        let (bytes, keep_alive) = encode(encoding, &mut finish);
         *entry = Entry::Ready { bytes, keep_alive, finish };
         true
     }
@@ -110,15 +113,18 @@ impl ResponseQueue {
     pub(crate) fn expire(
         &mut self,
         now: Instant,
-        mut encode: impl FnMut(Encoding, Option<&mut Finishing>) -> (Vec<u8>, bool),
+        mut encode: impl FnMut(Encoding, Fields, &mut Option<Box<Finishing>>) -> (Vec<u8>, bool),
     ) -> bool {
         let mut expired = false;
         for entry in &mut self.entries {
-            if let Entry::Waiting { encoding, deadline: Some(deadline), finish, .. } = entry {
+            if let Entry::Waiting { encoding, deadline: Some(deadline), carried, finish, .. } =
+                entry
+            {
                 if *deadline <= now {
                     let encoding = *encoding;
                     let mut finish = finish.take();
-                    let (bytes, keep_alive) = encode(encoding, finish.as_deref_mut());
+                    let carried = std::mem::take(carried);
+                    let (bytes, keep_alive) = encode(encoding, carried, &mut finish);
                     *entry = Entry::Ready { bytes, keep_alive, finish };
                     expired = true;
                 }
@@ -192,9 +198,9 @@ mod tests {
     fn responses_leave_in_request_order() {
         let mut queue = ResponseQueue::default();
         let mut out = Vec::new();
-        queue.wait_for(1, KEEP, None, None);
+        queue.wait_for(1, KEEP, None, Vec::new(), None);
         queue.push_ready(b"B".to_vec(), true, None);
-        queue.wait_for(2, KEEP, None, None);
+        queue.wait_for(2, KEEP, None, Vec::new(), None);
         assert_eq!(release(&mut queue, &mut out), Released::KeepOpen);
         assert!(out.is_empty(), "nothing may pass the first outstanding job");
         assert!(fill(&mut queue, 2, "C", true));
@@ -210,7 +216,7 @@ mod tests {
     fn a_closing_response_drops_what_follows() {
         let mut queue = ResponseQueue::default();
         let mut out = Vec::new();
-        queue.wait_for(7, KEEP, None, None);
+        queue.wait_for(7, KEEP, None, Vec::new(), None);
         queue.push_ready(b"later".to_vec(), true, None);
         assert!(fill(&mut queue, 7, "last", false));
         assert_eq!(release(&mut queue, &mut out), Released::Close);
@@ -221,7 +227,7 @@ mod tests {
     #[test]
     fn an_unknown_job_is_ignored() {
         let mut queue = ResponseQueue::default();
-        queue.wait_for(1, KEEP, None, None);
+        queue.wait_for(1, KEEP, None, Vec::new(), None);
         assert!(!fill(&mut queue, 9, "stray", true));
         assert_eq!(queue.len(), 1);
     }
@@ -230,7 +236,7 @@ mod tests {
     fn the_encoder_sees_the_jobs_framing() {
         let mut queue = ResponseQueue::default();
         let head = Encoding { head_request: true, keep_alive: false, http10: true };
-        queue.wait_for(3, head, None, None);
+        queue.wait_for(3, head, None, Vec::new(), None);
         let mut seen = None;
         assert!(queue.fill(3, |encoding, _| {
             seen = Some(encoding);
@@ -244,10 +250,10 @@ mod tests {
         let mut queue = ResponseQueue::default();
         let now = Instant::now();
         let later = now + std::time::Duration::from_secs(5);
-        queue.wait_for(1, KEEP, Some(later), None);
-        queue.wait_for(2, KEEP, Some(now), None);
+        queue.wait_for(1, KEEP, Some(later), Vec::new(), None);
+        queue.wait_for(2, KEEP, Some(now), Vec::new(), None);
         assert_eq!(queue.next_deadline(), Some(now));
-        assert!(queue.expire(now, |_, _| (b"503".to_vec(), true)));
+        assert!(queue.expire(now, |_, _, _| (b"503".to_vec(), true)));
         assert_eq!(queue.next_deadline(), Some(later), "only job 2 ran out");
         assert!(!fill(&mut queue, 2, "late", true), "its result has no place any more");
         assert!(fill(&mut queue, 1, "A", true));

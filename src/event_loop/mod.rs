@@ -659,7 +659,7 @@ impl<F: ServiceFactory> EventLoop<F> {
             .map(|(key, _)| key)
             .collect();
         for key in expired {
-            self.serve(key, |conn, _, cx| conn.on_deadline(cx));
+            self.serve(key, |conn, scratch, cx| conn.on_deadline(scratch, cx));
         }
     }
 

@@ -20,12 +20,14 @@ pub(crate) type Fields = Vec<(Cow<'static, str>, Cow<'static, str>)>;
 /// replaced a panic) and whether all of it reached the socket.
 #[derive(Debug)]
 pub struct Finished<'a> {
-    /// The status sent.
+    /// The status sent; 0 when no response was made (the connection
+    /// closed while offloaded work was still running).
     pub status: u16,
     /// The service's header fields of the response sent (not the ones the
     /// server adds: `Date`, `Content-Length`, `Connection`).
     pub headers: &'a [(Cow<'static, str>, Cow<'static, str>)],
-    /// Body bytes sent (none for HEAD, 204 and 304).
+    /// Body bytes of the response (none for HEAD, 204 and 304): all of
+    /// them reached the socket only if `completed`.
     pub body_bytes: u64,
     /// The whole response on the wire, head included.
     pub wire_bytes: u64,
