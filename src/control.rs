@@ -195,6 +195,18 @@ impl Control {
         shared.forensics.stack_of(&found)
     }
 
+    /// Symbolizes the stacks taken from handed-off threads when they were
+    /// handed off, so that the next [`snapshot`](Control::snapshot) shows
+    /// them (`/loops` does this first). Kept raw until asked for: the first
+    /// symbolization in a process maps the binary and reads its debug info
+    /// (up to a second, and tens of MiB that stay resident).
+    pub fn symbolize_stacks(&self) {
+        let handed_off: Vec<Arc<LoopShared>> = lock(&self.shared.handed_off).clone();
+        for shared in &handed_off {
+            self.shared.forensics.symbolize_kept(shared);
+        }
+    }
+
     /// The last stall reports (a loop given up on, with its stack), oldest
     /// first.
     pub fn stalls(&self) -> Vec<StallReport> {

@@ -409,6 +409,7 @@ fn a_handed_off_thread_shows_the_handler_it_is_in() {
     assert!(handed_off(&server));
     // Captured for /loops without the supervisor waiting for it.
     let shown = util::eventually(Duration::from_secs(10), || {
+        server.control().symbolize_stacks();
         server.snapshot().handed_off.first().and_then(|l| l.stack.clone()).is_some()
     });
     assert!(shown, "the handed-off thread's stack is in the snapshot");

@@ -143,7 +143,10 @@ fn perform(action: Action, control: &Control) -> Answer {
                 page.into_bytes()
             },
         },
-        Action::Loops => json(&control.snapshot()),
+        Action::Loops => {
+            control.symbolize_stacks();
+            json(&control.snapshot())
+        }
         Action::Healthz if control.is_healthy() => Answer::text(200, "ok\n"),
         Action::Healthz => {
             Answer::text(503, "unhealthy: no loop serving, or the abandoned budget is used up\n")

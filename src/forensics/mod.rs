@@ -208,9 +208,13 @@ enum Then {
         report: Box<StallReport>,
         kept: Arc<Mutex<VecDeque<StallReport>>>,
     },
-    /// Capture it there and store it as the loop's stack (a handoff: the
-    /// supervisor does not wait).
-    CaptureAndStore(Arc<LoopShared>),
+    /// Copy it there and keep the copy on the loop, unsymbolized (a
+    /// handoff: the supervisor does not wait, and nothing is loaded until
+    /// someone asks to see it).
+    CaptureAndKeep(Arc<LoopShared>),
+    /// Symbolize the copy kept on the loop, store the stack there, and say
+    /// when done.
+    SymbolizeKept(Arc<LoopShared>, crossbeam_channel::Sender<()>),
 }
 
 struct Job {
@@ -239,16 +243,12 @@ fn worker() -> Option<&'static crossbeam_channel::Sender<Job>> {
             let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
             let started =
                 std::thread::Builder::new().name("vigil-forensics".into()).spawn(move || {
+                    // Loaded on the first stack to unwind: mapping the images
+                    // and reading their debug info takes time and tens of MiB.
                     let mut images = None;
                     for job in queue {
-                        let images = images.get_or_insert_with(|| {
-                            let started = std::time::Instant::now();
-                            let images = symbols::Images::load();
-                            log::debug!("forensics: images mapped in {:?}", started.elapsed());
-                            images
-                        });
                         let started = std::time::Instant::now();
-                        run(images, job);
+                        run(&mut images, job);
                         log::debug!(
                             "forensics: stack unwound and symbolized in {:?}",
                             started.elapsed()
@@ -310,9 +310,27 @@ impl Forensics {
             tid: shared.tid.load(std::sync::atomic::Ordering::Relaxed),
             copied: None,
             captured_at: SystemTime::now(),
-            then: Then::CaptureAndStore(shared.clone()),
+            then: Then::CaptureAndKeep(shared.clone()),
         };
         let _ = self.send(job);
+    }
+
+    /// Symbolizes the stack copied from `shared` at its handoff, if one is
+    /// waiting, and stores it as the loop's stack.
+    pub(crate) fn symbolize_kept(&self, shared: &Arc<LoopShared>) {
+        if lock(&shared.kept_stack).is_none() {
+            return;
+        }
+        let (done, finished) = crossbeam_channel::bounded(1);
+        let job = Job {
+            tid: 0,
+            copied: None,
+            captured_at: SystemTime::now(),
+            then: Then::SymbolizeKept(shared.clone(), done),
+        };
+        if self.send(job).is_ok() {
+            let _ = finished.recv_timeout(Duration::from_secs(30));
+        }
     }
 
     /// The stack of `shared`'s thread now, unwound and symbolized.
@@ -347,18 +365,31 @@ fn copy_now(shared: &LoopShared) -> (i32, Result<RawStack, CaptureError>) {
     (tid, copied)
 }
 
-fn run(images: &mut symbols::Images, job: Job) {
-    let copied = match (&job.then, job.copied) {
-        (_, Some(copied)) => copied,
-        (Then::CaptureAndStore(shared), None) => copy_now(shared).1,
-        (_, None) => Err(CaptureError::Unsupported),
+/// A stack copied and kept for later: the thread, when, and the copy.
+pub(crate) type KeptStack = (i32, SystemTime, Result<RawStack, CaptureError>);
+
+fn run(images: &mut Option<symbols::Images>, job: Job) {
+    let (tid, captured_at, copied) = match job.then {
+        Then::CaptureAndKeep(shared) => {
+            let (tid, copied) = copy_now(&shared);
+            *lock(&shared.kept_stack) = Some((tid, job.captured_at, copied));
+            return;
+        }
+        Then::SymbolizeKept(shared, done) => {
+            if let Some((tid, at, copied)) = lock(&shared.kept_stack).take() {
+                *lock(&shared.stack) = Some(trace(images, tid, at, copied));
+            }
+            let _ = done.send(());
+            return;
+        }
+        _ => (job.tid, job.captured_at, job.copied.unwrap_or(Err(CaptureError::Unsupported))),
     };
-    let trace = trace(images, job.tid, job.captured_at, copied);
+    let trace = trace(images, tid, captured_at, copied);
     match job.then {
         Then::Reply(reply) => {
             let _ = reply.send(trace);
         }
-        Then::CaptureAndStore(shared) => *lock(&shared.stack) = Some(trace),
+        Then::CaptureAndKeep(_) | Then::SymbolizeKept(..) => unreachable!("handled above"),
         Then::Stall { shared, line, mut report, kept } => {
             log::warn!("{line} stack=[{}]", trace.summary(FRAMES_IN_LOG));
             *lock(&shared.stack) = Some(trace.clone());
@@ -373,7 +404,7 @@ fn run(images: &mut symbols::Images, job: Job) {
 }
 
 fn trace(
-    images: &mut symbols::Images,
+    images: &mut Option<symbols::Images>,
     tid: i32,
     captured_at: SystemTime,
     copied: Result<RawStack, CaptureError>,
@@ -381,6 +412,12 @@ fn trace(
     let mut trace = empty_trace(tid, captured_at);
     match copied {
         Ok(raw) => {
+            let images = images.get_or_insert_with(|| {
+                let started = std::time::Instant::now();
+                let images = symbols::Images::load();
+                log::debug!("forensics: images mapped in {:?}", started.elapsed());
+                images
+            });
             let (frames, complete) = images.unwind(&raw);
             trace.frames = frames;
             trace.complete = complete && !raw.cut;

@@ -10,10 +10,10 @@ use super::*;
 use crate::sys::stack;
 
 /// One images cache for every test (loading them is the slow part).
-fn images() -> std::sync::MutexGuard<'static, symbols::Images> {
-    static IMAGES: OnceLock<Mutex<symbols::Images>> = OnceLock::new();
+fn images() -> std::sync::MutexGuard<'static, Option<symbols::Images>> {
+    static IMAGES: OnceLock<Mutex<Option<symbols::Images>>> = OnceLock::new();
     stack::install(crate::config::default_stack_signal()).expect("capture signal installed");
-    lock(IMAGES.get_or_init(|| Mutex::new(symbols::Images::load())))
+    lock(IMAGES.get_or_init(|| Mutex::new(Some(symbols::Images::load()))))
 }
 
 /// A thread registered for captures, running `body` until `stop` is set.

@@ -190,6 +190,8 @@ pub(crate) struct LoopShared {
     pub(crate) stack_slot: std::sync::OnceLock<&'static crate::sys::stack::StackSlot>,
     /// The stack captured when the loop was handed off or given up on.
     pub(crate) stack: Mutex<Option<crate::forensics::StackTrace>>,
+    /// The copy taken at a handoff, until someone asks to see it.
+    pub(crate) kept_stack: Mutex<Option<crate::forensics::KeptStack>>,
 }
 
 impl LoopShared {
@@ -221,6 +223,7 @@ impl LoopShared {
             waker: Mutex::new(None),
             stack_slot: std::sync::OnceLock::new(),
             stack: Mutex::new(None),
+            kept_stack: Mutex::new(None),
         }
     }
 
