@@ -93,6 +93,12 @@ pub(crate) struct Watch {
 }
 
 impl Watch {
+    /// A watch made while `unsent` bytes of earlier output wait to be
+    /// written: they count as queued, before anything encoded from now on.
+    pub(crate) fn starting_with(unsent: u64) -> Watch {
+        Watch { queued: unsent, sent: 0, pending: Vec::new() }
+    }
+
     /// Watches a response that ends `out_len` bytes into the batch being
     /// encoded.
     pub(crate) fn ends_at(&mut self, out_len: usize, finishing: Box<Finishing>) {

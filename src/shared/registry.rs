@@ -55,7 +55,9 @@ pub(crate) struct SharedSocket {
     /// The client's address, looked up once when first asked for (an
     /// access log asks on every request: a `getpeername` each time cost
     /// more than the rest of the line).
-    peer: std::sync::OnceLock<Option<std::net::SocketAddr>>,
+    /// Boxed: 16 bytes a connection rather than 40, for what only an
+    /// access log asks.
+    peer: std::sync::OnceLock<Box<Option<std::net::SocketAddr>>>,
 }
 
 /// A connection on its way from one loop to another: its socket and its
@@ -85,7 +87,7 @@ impl SharedSocket {
 
     /// The client's address (`None` if it was gone when first asked).
     pub(crate) fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        *self.peer.get_or_init(|| self.stream.peer_addr().ok())
+        **self.peer.get_or_init(|| Box::new(self.stream.peer_addr().ok()))
     }
 
     /// The socket for reads and writes (see [`RawSocket`]). The fd lives
