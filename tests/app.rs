@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -14,7 +14,7 @@ use vigil::app::middleware::{Cors, OffloadTimeout, RequestId};
 use vigil::app::{App, AppFactory, Next};
 use vigil::{Request, Response, ServerHandle};
 
-use crate::util::{self, Client};
+use crate::util::{self, Client, Gate, OpenOnDrop};
 
 fn request(method: &str, path: &str, extra: &str) -> Vec<u8> {
     format!("{method} {path} HTTP/1.1\r\nHost: t\r\n{extra}\r\n").into_bytes()
@@ -210,26 +210,9 @@ fn the_access_log_has_the_real_status_and_bytes_of_offloaded_work_and_its_reques
     assert_eq!(next_json_line(&lines)["request_id"], "trace-42");
 }
 
-/// A sink whose first flush blocks until the test lets go.
+/// A sink whose first flush blocks until the test opens its gate.
 #[derive(Clone, Default)]
-struct Stuck(Arc<(Mutex<bool>, Condvar)>);
-
-impl Stuck {
-    fn release(&self) {
-        *self.0 .0.lock().unwrap() = true;
-        self.0 .1.notify_all();
-    }
-}
-
-/// Lets the stuck writer go even when an assertion fails (declared after
-/// the server, it is dropped first: the server's drop waits for the writer).
-struct ReleaseOnDrop(Stuck);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
+struct Stuck(Gate);
 
 impl Write for Stuck {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -237,11 +220,7 @@ impl Write for Stuck {
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        let (released, changed) = &*self.0;
-        let mut released = released.lock().unwrap();
-        while !*released {
-            released = changed.wait(released).unwrap();
-        }
+        self.0.wait();
         Ok(())
     }
 }
@@ -271,7 +250,9 @@ fn a_log_writer_that_never_drains_drops_lines_and_never_holds_up_the_loop() {
     let mut config = util::config(1);
     config.admin = Some("127.0.0.1:0".parse().unwrap());
     let server = util::start(config, app);
-    let _release = ReleaseOnDrop(stuck.clone());
+    // Declared after the server, so dropped first: the server's drop
+    // waits for the writer, which must be let go even if an assertion fails.
+    let _release = OpenOnDrop(stuck.0.clone());
     let mut client = Client::new(server.local_addr());
     for _ in 0..100 {
         client.send(&request("GET", "/items", ""));
@@ -300,37 +281,21 @@ fn a_log_writer_that_never_drains_drops_lines_and_never_holds_up_the_loop() {
 
 #[test]
 fn offloaded_work_past_its_timeout_gets_503_and_the_connection_goes_on() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let waiting = gate.clone();
-    let app = App::new()
-        .get("/slow", move |_req: &Request<'_>, res: &mut Response| {
-            let gate = waiting.clone();
-            res.offload(move |res| {
-                let (open, changed) = &*gate;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = changed.wait(open).unwrap();
-                }
-                res.body_static(b"too late\n");
-            });
-        })
-        .get("/items", list_items)
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
+    let (finished, _) = crossbeam_channel::unbounded();
+    let app = troubled_app(&gate, finished)
         .middleware(OffloadTimeout(Duration::from_millis(100)))
         .build()
         .unwrap();
-    let mut config = util::config(1);
-    // The sweep that checks the timeout runs at a quarter of this.
-    config.header_timeout = Duration::from_millis(200);
-    config.keep_alive_timeout = Duration::from_secs(10);
-    let server = util::start(config, app);
+    let server = util::start(quick_sweep_config(), app);
     let mut client = Client::new(server.local_addr());
     client.send(&request("GET", "/slow", ""));
     client.send(&request("GET", "/items", ""));
     let timed_out = client.reply();
     assert_eq!((timed_out.status, timed_out.header("retry-after")), (503, Some("1")));
     assert_eq!(client.reply().text(), "items\n", "the pipelined request follows in order");
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    gate.open();
     client.send(&request("GET", "/items", ""));
     assert_eq!(client.reply().text(), "items\n", "the late result went nowhere");
 }
@@ -364,17 +329,13 @@ fn metrics_count_exchanges_by_route_pattern_and_status_class() {
 /// `/slow` offloads work that waits for `gate` (opened by the guard when
 /// the test ends); `/boom` panics; `/json` offloads work that answers JSON
 /// and registers its own `on_finish` hook, reporting to `finished`.
-fn troubled_app(gate: &Arc<(Mutex<bool>, Condvar)>, finished: Sender<u16>) -> App {
+fn troubled_app(gate: &Gate, finished: Sender<u16>) -> App {
     let waiting = gate.clone();
     App::new()
         .get("/slow", move |_req: &Request<'_>, res: &mut Response| {
             let gate = waiting.clone();
             res.offload(move |res| {
-                let (open, changed) = &*gate;
-                let mut open = open.lock().unwrap();
-                while !*open {
-                    open = changed.wait(open).unwrap();
-                }
+                gate.wait();
                 res.body_static(b"too late\n");
             });
         })
@@ -392,15 +353,6 @@ fn troubled_app(gate: &Arc<(Mutex<bool>, Condvar)>, finished: Sender<u16>) -> Ap
         .get("/items", list_items)
 }
 
-struct OpenGate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Drop for OpenGate {
-    fn drop(&mut self) {
-        *self.0 .0.lock().unwrap() = true;
-        self.0 .1.notify_all();
-    }
-}
-
 fn quick_sweep_config() -> vigil::Config {
     let mut config = util::config(1);
     // The sweep that checks offload timeouts runs at a quarter of this.
@@ -411,8 +363,8 @@ fn quick_sweep_config() -> vigil::Config {
 
 #[test]
 fn after_an_offload_timeout_the_requests_left_in_the_socket_are_answered() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let _open = OpenGate(gate.clone());
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
     let (finished, _) = crossbeam_channel::unbounded();
     let app = troubled_app(&gate, finished)
         .middleware(RequestId)
@@ -445,8 +397,8 @@ fn after_an_offload_timeout_the_requests_left_in_the_socket_are_answered() {
 
 #[test]
 fn a_partial_request_behind_offloaded_work_waits_for_the_503_not_a_408() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let _open = OpenGate(gate.clone());
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
     let (finished, _) = crossbeam_channel::unbounded();
     let app = troubled_app(&gate, finished)
         .middleware(OffloadTimeout(Duration::from_millis(100)))
@@ -463,8 +415,8 @@ fn a_partial_request_behind_offloaded_work_waits_for_the_503_not_a_408() {
 
 #[test]
 fn a_panic_is_logged_with_its_500_and_offloaded_hooks_and_fields_are_kept() {
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
-    let _open = OpenGate(gate.clone());
+    let gate = Gate::default();
+    let _open = OpenOnDrop(gate.clone());
     let (sink, lines) = crossbeam_channel::unbounded();
     let (finished, finish_seen) = crossbeam_channel::unbounded();
     let log = AccessLog::to_writer(Lines(sink), Format::Json, 64).unwrap();

@@ -253,11 +253,7 @@ fn a_stall_report_names_the_spinning_function_and_the_request() {
     };
     assert!(line.contains("request=\"GET /spin\""), "{line}");
     assert!(line.contains("stack=[vigil::demo::spin_forever"), "{line}");
-    let admin_get = |path: &str| {
-        let mut client = util::Client::new(admin);
-        client.send(format!("GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").as_bytes());
-        client.reply()
-    };
+    let admin_get = |path: &str| util::get(admin, path).expect("an admin reply");
     let stalls: serde_json::Value = serde_json::from_slice(&admin_get("/stalls").body).unwrap();
     let stall = &stalls[0];
     assert_eq!(stall["loop_name"], "0.0");

@@ -3,48 +3,13 @@
 //! completes, and no one else waits for it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use vigil::{Config, LoopState, Request, Response, ServerHandle};
 
-use crate::util::{self, Client};
-
-/// Holds `/slow` requests until the test opens it. Opens on drop, so that
-/// no handler outlives a failed test.
-#[derive(Clone, Default)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>, Arc<AtomicU64>);
-
-impl Gate {
-    /// Handlers that have reached the gate.
-    fn reached(&self) -> u64 {
-        self.1.load(Ordering::Relaxed)
-    }
-
-    fn wait(&self) {
-        self.1.fetch_add(1, Ordering::Relaxed);
-        let (open, changed) = &*self.0;
-        let mut open = open.lock().unwrap();
-        while !*open {
-            open = changed.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (open, changed) = &*self.0;
-        *open.lock().unwrap() = true;
-        changed.notify_all();
-    }
-}
-
-struct OpenOnDrop(Gate);
-
-impl Drop for OpenOnDrop {
-    fn drop(&mut self) {
-        self.0.open();
-    }
-}
+use crate::util::{self, Client, Gate, OpenOnDrop};
 
 /// `/slow` waits for the gate (`/slow-panic` then panics, `/offload` waits
 /// for it on the offload pool); everything else

@@ -200,11 +200,7 @@ impl Middleware for AccessLog {
                 record.duration_ms = finished.duration.as_secs_f64() * 1e3;
                 record.completed = finished.completed;
                 if json {
-                    record.request_id = finished
-                        .headers
-                        .iter()
-                        .find(|(name, _)| name.eq_ignore_ascii_case(REQUEST_ID))
-                        .map(|(_, value)| value.to_string());
+                    record.request_id = finished.header(REQUEST_ID).map(str::to_string);
                 }
                 if queue.try_send(record).is_err() {
                     // Full (the writer lags) or gone: the line is lost.

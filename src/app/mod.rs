@@ -506,10 +506,14 @@ impl<S: 'static> Service for AppService<S> {
             let counters = self.counters.clone();
             res.on_finish(move |done| counters.record(index, done.status, done.duration));
         } else {
-            let took = req.received().map_or(std::time::Duration::ZERO, |at| at.elapsed());
-            self.counters.record(index, res.status_code(), took);
+            self.counters.record(index, res.status_code(), since(req.received()));
         }
     }
+}
+
+/// How long since the loop read the request (zero when unknown).
+fn since(received: Option<std::time::Instant>) -> std::time::Duration {
+    received.map_or(std::time::Duration::ZERO, |at| at.elapsed())
 }
 
 /// Counts a 500 for the route when dropped by a panic's unwinding.
@@ -521,8 +525,7 @@ struct CountIfPanicking<'a> {
 
 impl Drop for CountIfPanicking<'_> {
     fn drop(&mut self) {
-        let took = self.received.map_or(std::time::Duration::ZERO, |at| at.elapsed());
-        self.counters.record(self.index, 500, took);
+        self.counters.record(self.index, 500, since(self.received));
     }
 }
 

@@ -150,12 +150,7 @@ impl ResponseQueue {
             }
             if !keep_alive {
                 // Nothing after a closing response is sent.
-                for entry in self.entries.drain(..) {
-                    let (Entry::Waiting { finish, .. } | Entry::Ready { finish, .. }) = entry;
-                    if let Some(finish) = finish {
-                        (*finish).fire(false);
-                    }
-                }
+                self.cut_short();
                 return Released::Close;
             }
         }

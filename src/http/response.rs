@@ -15,6 +15,11 @@ pub(crate) type FinishHook = Box<dyn FnOnce(&Finished<'_>) + Send + 'static>;
 /// Header fields as a service sets them.
 pub(crate) type Fields = Vec<(Cow<'static, str>, Cow<'static, str>)>;
 
+/// The first field named `name` (case-insensitive) of `headers`.
+fn field<'a>(headers: &'a [(Cow<'static, str>, Cow<'static, str>)], name: &str) -> Option<&'a str> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+}
+
 /// The end of one exchange, as [`Response::on_finish`] hooks see it: the
 /// response that was really sent (after offloaded work, or the 500 that
 /// replaced a panic) and whether all of it reached the socket.
@@ -37,6 +42,14 @@ pub struct Finished<'a> {
     /// From when the loop read the request to the last byte written (or to
     /// the close).
     pub duration: std::time::Duration,
+}
+
+impl Finished<'_> {
+    /// The first header field named `name` (case-insensitive) of the
+    /// response sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        field(self.headers, name)
+    }
 }
 
 /// The response a service fills in. One is reused per loop, reset between
@@ -210,7 +223,7 @@ impl Response {
 
     /// The first header field named `name` (case-insensitive) set so far.
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref())
+        field(&self.headers, name)
     }
 
     /// Asks for the connection to be closed after this response.

@@ -290,9 +290,8 @@ impl<F: ServiceFactory> Supervisor<F> {
         }
     }
 
-    /// Spawns generation `generation` of `slot` and waits until it listens
-    /// (or fails), up to `ready_timeout`.
-    /// Starts loop `slot.generation`, serving `adopt` from the start.
+    /// Spawns generation `generation` of `slot`, serving `adopt` from the
+    /// start, and waits until it listens (or fails), up to `ready_timeout`.
     /// If no thread can be started, `adopt` comes back with the error.
     fn spawn_loop(
         &self,

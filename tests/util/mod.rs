@@ -2,6 +2,8 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use vigil::{Config, ServerHandle, Service, ServiceFactory};
@@ -175,5 +177,41 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         // sleep-ok: a poll interval, not a wait for an outcome; the state
         // polled (snapshots, exit status) announces no event to wait on.
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Holds whoever waits on it (a handler, offloaded work, a log sink) until
+/// the test opens it; `OpenOnDrop` opens it even when an assertion fails,
+/// so that nothing outlives its test.
+#[derive(Clone, Default)]
+pub struct Gate(Arc<(Mutex<bool>, Condvar)>, Arc<AtomicU64>);
+
+impl Gate {
+    /// Waiters that have reached the gate.
+    pub fn reached(&self) -> u64 {
+        self.1.load(Ordering::Relaxed)
+    }
+
+    pub fn wait(&self) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+        let (open, changed) = &*self.0;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = changed.wait(open).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        let (open, changed) = &*self.0;
+        *open.lock().unwrap() = true;
+        changed.notify_all();
+    }
+}
+
+pub struct OpenOnDrop(pub Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
     }
 }

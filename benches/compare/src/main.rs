@@ -305,7 +305,7 @@ fn spec_for(
     let mut env = Vec::new();
     let mut mark = None;
     let argv: Vec<String> = match (name, setup) {
-        ("vigil", _) => {
+        ("vigil" | "vigil-routed", _) => {
             let Some(bin) = &cfg.vigil else {
                 return Ok(None);
             };
@@ -317,29 +317,19 @@ fn spec_for(
                 "--loops".into(),
                 workers.into(),
             ];
-            v.extend_from_slice(extra);
-            v
-        }
-        // The same hello world through the app layer: the router (a
-        // matched route), per-route metrics and the access log, to a file.
-        ("vigil-routed", _) => {
-            let Some(bin) = &cfg.vigil else {
-                return Ok(None);
-            };
-            mark = Some(VIGIL_REPLACED);
-            let log = std::fs::canonicalize(&cfg.out)?.join("access.log");
-            let _ = std::fs::remove_file(&log);
-            let mut v = vec![
-                path(bin),
-                "--listen".into(),
-                addr.to_string(),
-                "--loops".into(),
-                workers.into(),
-                "--access-log".into(),
-                path(&log),
-                "--access-log-format".into(),
-                "combined".into(),
-            ];
+            if name == "vigil-routed" {
+                // The same hello world through the app layer: every path a
+                // matched route, per-route metrics and the access log, to a
+                // file.
+                let log = std::fs::canonicalize(&cfg.out)?.join("access.log");
+                let _ = std::fs::remove_file(&log);
+                v.extend([
+                    "--access-log".into(),
+                    path(&log),
+                    "--access-log-format".into(),
+                    "combined".into(),
+                ]);
+            }
             v.extend_from_slice(extra);
             v
         }
