@@ -11,6 +11,11 @@ use vigil::app::middleware::{Cors, RequestId};
 use vigil::app::App;
 use vigil::{__bench, Request, Response, ServiceFactory};
 
+// The allocator the server runs with (src/main.rs): what an allocation in a
+// handler or middleware costs there.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn hello(_req: &Request<'_>, res: &mut Response) {
     res.header("Content-Type", "text/plain").body_static(b"Hello World\n");
 }
@@ -33,11 +38,10 @@ fn patterns() -> Vec<String> {
 fn router(c: &mut Criterion) {
     let patterns = patterns();
     assert_eq!(patterns.len(), 130);
-    let mut app = App::new();
-    for pattern in &patterns {
-        app = app.get(pattern, hello);
-    }
-    let app = app.middleware(RequestId).middleware(Cors::any_origin()).build().unwrap();
+    let routes = || patterns.iter().fold(App::new(), |app, pattern| app.get(pattern, hello));
+    let plain = routes().build().unwrap();
+    let with_id = routes().middleware(RequestId).build().unwrap();
+    let app = routes().middleware(RequestId).middleware(Cors::any_origin()).build().unwrap();
     let headers = [
         httparse::Header { name: "Host", value: b"api.example.com" },
         httparse::Header { name: "Accept", value: b"*/*" },
@@ -51,6 +55,17 @@ fn router(c: &mut Criterion) {
             b.iter(|| {
                 __bench::call_and_finish(&mut bare, "GET", black_box(path), &headers, &mut res)
             })
+        });
+        let mut p = plain.new_service(0);
+        group.bench_function(format!("plain {path}"), |b| {
+            b.iter(|| __bench::call_and_finish(&mut p, "GET", black_box(path), &headers, &mut res))
+        });
+        let mut p = with_id.new_service(0);
+        group.bench_function(format!("with_id {path}"), |b| {
+            b.iter(|| __bench::call_and_finish(&mut p, "GET", black_box(path), &headers, &mut res))
+        });
+        group.bench_function(format!("clock {path}"), |b| {
+            b.iter(|| black_box(std::time::Instant::now()).elapsed())
         });
         group.bench_function(format!("routed {path}"), |b| {
             b.iter(|| {

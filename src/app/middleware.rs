@@ -56,13 +56,23 @@ impl Middleware for RequestId {
     }
 }
 
-/// `value` as 16 lowercase hex digits, without the formatting machinery
-/// (`format!` made the middleware cost 10 ns more a request).
+/// `value` as 16 lowercase hex digits, eight bytes at a time (`format!`
+/// made the middleware cost 10 ns more a request, a digit at a time 5 ns).
 fn hex16(value: u64) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let digits: Vec<u8> =
-        (0..16).rev().map(|i| DIGITS[(value >> (i * 4)) as usize & 0xf]).collect();
-    String::from_utf8(digits).expect("hex digits are ASCII")
+    // Each nibble into a byte of its own, the lowest nibble lowest.
+    let mut x = u128::from(value);
+    x = (x & 0xffff_ffff) | (x & 0xffff_ffff_0000_0000) << 32;
+    x = (x & 0x0000_ffff_0000_0000_0000_ffff) | (x & 0xffff_0000_0000_0000_ffff_0000) << 16;
+    x = (x & 0x00ff_0000_00ff_0000_00ff_0000_00ff)
+        | (x & 0xff00_0000_ff00_0000_ff00_0000_ff00) << 8;
+    x = (x & 0x000f_000f_000f_000f_000f_000f_000f_000f)
+        | (x & 0x00f0_00f0_00f0_00f0_00f0_00f0_00f0_00f0) << 4;
+    // To ASCII: '0' + n, and 39 more ('a' - '9' - 1) where n > 9.
+    const ONES: u128 = u128::MAX / 0xff;
+    let letters = ((x + 6 * ONES) >> 4) & ONES;
+    let digits = (x + 0x30 * ONES + letters * 39).to_be_bytes();
+    // ASCII by construction: the fallback is never taken.
+    String::from(std::str::from_utf8(&digits).unwrap_or_default())
 }
 
 /// A request id a client may choose: short, and nothing a log or a header
@@ -226,6 +236,8 @@ mod tests {
     fn generated_ids_are_16_hex_digits() {
         assert_eq!(hex16(0x0123_4567_89ab_cdef), "0123456789abcdef");
         assert_eq!(hex16(10), "000000000000000a");
+        assert_eq!(hex16(u64::MAX), "ffffffffffffffff");
+        assert_eq!(hex16(0xfedc_ba98_7654_3210), "fedcba9876543210");
     }
 
     #[test]

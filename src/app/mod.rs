@@ -50,7 +50,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::{Request, Response, Service, ServiceFactory};
-use metrics::RouteCounters;
+use metrics::Recorder;
 pub use metrics::STATUS_CLASSES;
 
 /// A request handler: a named function or closure, with the loop's state
@@ -386,7 +386,11 @@ struct PathRoutes<S> {
 
 impl<S> PathRoutes<S> {
     fn handler(&self, method: &str) -> Option<&BoxedHandler<S>> {
-        self.methods.iter().find(|(m, _)| m == method).map(|(_, h)| h)
+        // Compared a byte at a time: a method is a few bytes, where a call
+        // to memcmp costs more than the comparison.
+        let same =
+            |m: &str| m.len() == method.len() && m.bytes().zip(method.bytes()).all(|(a, b)| a == b);
+        self.methods.iter().find(|(m, _)| same(m)).map(|(_, h)| h)
     }
 }
 
@@ -397,7 +401,7 @@ struct Routes<S> {
     layers: Vec<Box<dyn Layer>>,
     fallback: BoxedHandler<S>,
     state: Box<dyn Fn(usize) -> S + Send + Sync>,
-    counters: metrics::RouteMetrics,
+    counters: Arc<metrics::RouteMetrics>,
 }
 
 impl<S> Routes<S> {
@@ -450,7 +454,7 @@ impl<S: 'static> ServiceFactory for AppFactory<S> {
         AppService {
             state: (routes.state)(slot),
             layer_states: routes.layers.iter().map(|layer| layer.state(slot)).collect(),
-            counters: routes.counters.for_slot(slot),
+            counters: Arc::new(routes.counters.recorder()),
             routes,
         }
     }
@@ -468,7 +472,7 @@ pub struct AppService<S> {
     routes: Arc<Routes<S>>,
     state: S,
     layer_states: Vec<Box<dyn Any>>,
-    counters: Arc<RouteCounters>,
+    counters: Arc<Recorder>,
 }
 
 impl<S> fmt::Debug for AppService<S> {
@@ -518,7 +522,7 @@ fn since(received: Option<std::time::Instant>) -> std::time::Duration {
 
 /// Counts a 500 for the route when dropped by a panic's unwinding.
 struct CountIfPanicking<'a> {
-    counters: &'a RouteCounters,
+    counters: &'a Recorder,
     index: Option<usize>,
     received: Option<std::time::Instant>,
 }

@@ -35,12 +35,36 @@ pub struct HistogramSnapshot {
 }
 
 impl Histogram {
+    /// Counts a sample; any thread may.
     pub(crate) fn record(&self, value: Duration) {
+        let (bucket, micros) = Self::place(value);
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Counts a sample without read-modify-write instructions (a tenth of
+    /// the cost on a loop's hot path): only for a histogram that one thread
+    /// alone records into. A second writer would lose samples, never more.
+    pub(crate) fn record_single_writer(&self, value: Duration) {
+        let (bucket, micros) = Self::place(value);
+        let count = &self.buckets[bucket];
+        count.store(count.load(Relaxed) + 1, Relaxed);
+        self.sum_micros.store(self.sum_micros.load(Relaxed).saturating_add(micros), Relaxed);
+    }
+
+    /// Adds every sample of `other` to this one.
+    pub(crate) fn absorb(&self, other: &Histogram) {
+        for (mine, theirs) in self.buckets.iter().zip(&other.buckets) {
+            mine.fetch_add(theirs.load(Relaxed), Relaxed);
+        }
+        self.sum_micros.fetch_add(other.sum_micros.load(Relaxed), Relaxed);
+    }
+
+    /// The bucket a sample falls in, and its microseconds.
+    fn place(value: Duration) -> (usize, u64) {
         let seconds = value.as_secs_f64();
         let bucket = BOUNDS.iter().position(|&bound| seconds <= bound).unwrap_or(BOUNDS.len());
-        self.buckets[bucket].fetch_add(1, Relaxed);
-        let micros = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Relaxed);
+        (bucket, u64::try_from(value.as_micros()).unwrap_or(u64::MAX))
     }
 
     pub(crate) fn read(&self) -> HistogramSnapshot {
