@@ -28,6 +28,12 @@ pub struct Config {
     pub min_receive_rate: u64,
     /// An idle keep-alive connection is closed after this long.
     pub keep_alive_timeout: Duration,
+    /// A streamed response whose producer writes nothing for this long is
+    /// cut (the connection closes without the body's end).
+    pub stream_idle_timeout: Duration,
+    /// A connection whose client takes none of a streamed response's bytes
+    /// for this long is closed.
+    pub send_timeout: Duration,
     /// Open connections over all loops; past it new ones get 503 and close.
     pub max_connections: usize,
     /// Open connections from one client address; past it new ones from it
@@ -103,6 +109,8 @@ impl Default for Config {
             limits: Limits::default(),
             header_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             min_receive_rate: 500,
             max_connections: 25_000,
             max_connections_per_ip: 0,
@@ -225,6 +233,8 @@ impl Config {
         for (name, value) in [
             ("header timeout", self.header_timeout),
             ("keep-alive timeout", self.keep_alive_timeout),
+            ("stream idle timeout", self.stream_idle_timeout),
+            ("send timeout", self.send_timeout),
             ("restart window", self.restart_window),
             ("upgrade timeout", self.upgrade_timeout),
             ("memory interval", self.mem_interval),

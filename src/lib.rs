@@ -64,6 +64,7 @@ pub use config::{
 };
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use handover::{InheritError, Inherited};
+pub use http::stream::{BodyWriter, STREAM_QUEUE_BYTES};
 pub use http::{Finished, Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use panics::quiet_handler_panics;

@@ -55,6 +55,12 @@ struct Args {
     /// Idle keep-alive connections are closed after this long.
     #[arg(long, env = "VIGIL_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = duration)]
     keep_alive_timeout: Duration,
+    /// A streamed response whose producer writes nothing for this long is cut.
+    #[arg(long, env = "VIGIL_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    stream_idle_timeout: Duration,
+    /// A client that takes none of a streamed response for this long is disconnected.
+    #[arg(long, env = "VIGIL_SEND_TIMEOUT", default_value = "60s", value_parser = duration)]
+    send_timeout: Duration,
     /// Open connections over all loops; more get 503.
     #[arg(long, env = "VIGIL_MAX_CONNECTIONS", default_value_t = 25_000)]
     max_connections: usize,
@@ -205,6 +211,8 @@ impl Args {
             },
             header_timeout: self.header_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
+            send_timeout: self.send_timeout,
             min_receive_rate: self.min_receive_rate,
             max_connections: self.max_connections,
             max_connections_per_ip: self.max_connections_per_ip,

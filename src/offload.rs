@@ -25,11 +25,26 @@ pub(crate) struct Job {
     /// starts with them.
     pub(crate) headers: crate::http::response::Fields,
     /// Where the result goes: the owning loop's channel and waker.
-    pub(crate) reply_to: Sender<Completion>,
+    pub(crate) reply_to: Sender<Mail>,
     pub(crate) waker: Arc<mio::Waker>,
     /// The connection (slab key) and the job's id, unique within its loop.
     pub(crate) conn: usize,
     pub(crate) id: u64,
+}
+
+/// What a loop's mailbox brings: offloaded work done, or a streamed body
+/// with something to send (see `http::stream`).
+#[derive(Debug)]
+pub(crate) enum Mail {
+    Done(Completion),
+    Body { conn: usize, id: u64 },
+}
+
+/// What the pool runs: a job whose response goes back to its loop, or a
+/// task whose result goes elsewhere (a stream's producer).
+enum Task {
+    Respond(Job),
+    Run(Box<dyn FnOnce() + Send + 'static>),
 }
 
 /// A finished job, back at its loop.
@@ -55,7 +70,7 @@ pub(crate) struct PoolCounters {
 
 #[derive(Debug)]
 pub(crate) struct Pool {
-    jobs: Sender<Job>,
+    jobs: Sender<Task>,
     pub(crate) counters: Arc<PoolCounters>,
 }
 
@@ -82,14 +97,32 @@ impl Pool {
 
     /// Queues a job; gives it back when the queue is full.
     pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+        self.queue(Task::Respond(job)).map_err(|task| match task {
+            Task::Respond(job) => job,
+            Task::Run(_) => unreachable!("a job was queued"),
+        })
+    }
+
+    /// Queues a task; gives it back when the queue is full.
+    pub(crate) fn run(
+        &self,
+        task: Box<dyn FnOnce() + Send + 'static>,
+    ) -> Result<(), Box<dyn FnOnce() + Send + 'static>> {
+        self.queue(Task::Run(task)).map_err(|task| match task {
+            Task::Run(task) => task,
+            Task::Respond(_) => unreachable!("a task was queued"),
+        })
+    }
+
+    fn queue(&self, task: Task) -> Result<(), Task> {
         // Counted before it is sent, so a worker never decrements first.
         self.counters.queued.fetch_add(1, Relaxed);
-        match self.jobs.try_send(job) {
+        match self.jobs.try_send(task) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+            Err(TrySendError::Full(task) | TrySendError::Disconnected(task)) => {
                 self.counters.queued.fetch_sub(1, Relaxed);
                 self.counters.rejected.fetch_add(1, Relaxed);
-                Err(job)
+                Err(task)
             }
         }
     }
@@ -116,32 +149,52 @@ fn drop_overridden(headers: &mut crate::http::response::Fields, carried: usize) 
     }
 }
 
-fn work(queue: Receiver<Job>, counters: Arc<PoolCounters>) {
-    for job in queue {
+fn work(queue: Receiver<Task>, counters: Arc<PoolCounters>) {
+    for task in queue {
         counters.queued.fetch_sub(1, Relaxed);
         counters.running.fetch_add(1, Relaxed);
-        let mut response = Response::new();
-        let carried = job.headers.len();
-        response.headers = job.headers;
-        let outcome = panic::catch_unwind(AssertUnwindSafe(|| (job.work)(&mut response)));
-        let result = match outcome {
-            Ok(()) => {
-                drop_overridden(&mut response.headers, carried);
-                Ok(response)
-            }
-            Err(payload) => {
-                counters.panicked.fetch_add(1, Relaxed);
-                response.headers.truncate(carried);
-                Err((payload, std::mem::take(&mut response.headers)))
+        let reply = match task {
+            Task::Respond(job) => Some(respond(job, &counters)),
+            Task::Run(task) => {
+                // A producer that panics drops its writer unfinished, which
+                // cuts its response short: that is the whole answer.
+                if panic::catch_unwind(AssertUnwindSafe(task)).is_err() {
+                    counters.panicked.fetch_add(1, Relaxed);
+                }
+                None
             }
         };
+        // Counted before the loop hears of it, so the counts a client reads
+        // once it has its response include it.
         counters.running.fetch_sub(1, Relaxed);
         counters.completed.fetch_add(1, Relaxed);
-        // The loop may be gone (abandoned, stopped): then nobody waits.
-        if job.reply_to.send(Completion { conn: job.conn, id: job.id, result }).is_ok() {
-            let _ = job.waker.wake();
+        if let Some((reply_to, waker, done)) = reply {
+            // The loop may be gone (abandoned, stopped): then nobody waits.
+            if reply_to.send(done).is_ok() {
+                let _ = waker.wake();
+            }
         }
     }
+}
+
+/// Runs a job; what to send its loop, and where.
+fn respond(job: Job, counters: &PoolCounters) -> (Sender<Mail>, Arc<mio::Waker>, Mail) {
+    let mut response = Response::new();
+    let carried = job.headers.len();
+    response.headers = job.headers;
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| (job.work)(&mut response)));
+    let result = match outcome {
+        Ok(()) => {
+            drop_overridden(&mut response.headers, carried);
+            Ok(response)
+        }
+        Err(payload) => {
+            counters.panicked.fetch_add(1, Relaxed);
+            response.headers.truncate(carried);
+            Err((payload, std::mem::take(&mut response.headers)))
+        }
+    };
+    (job.reply_to, job.waker, Mail::Done(Completion { conn: job.conn, id: job.id, result }))
 }
 
 #[cfg(test)]

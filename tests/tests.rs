@@ -13,5 +13,6 @@ mod handoff;
 mod http;
 mod memory;
 mod offload;
+mod stream;
 mod supervisor;
 mod upgrade;

@@ -11,7 +11,7 @@ use crossbeam_channel::Sender;
 use crate::http::date::DateCache;
 use crate::http::request::Head;
 use crate::http::Limits;
-use crate::offload::{Completion, Pool};
+use crate::offload::{Mail, Pool};
 use crate::shared::{lock, panic_message, Fate, LoopShared, ServerShared};
 use crate::{Request, Response, Service, ServiceFactory};
 
@@ -30,6 +30,8 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     /// Bytes per second a request body must arrive at, at least (0: off).
     pub(crate) min_receive_rate: u64,
     pub(crate) keep_alive_timeout: Duration,
+    pub(crate) stream_idle_timeout: Duration,
+    pub(crate) send_timeout: Duration,
     /// The loop's clock, read once per wake-up.
     pub(crate) now: Instant,
     /// Heartbeat progress (see `shared::Heartbeat`).
@@ -47,8 +49,9 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     /// Responses encoded during the current event, written in one go.
     pub(crate) out: Vec<u8>,
     pub(crate) offload: Arc<Pool>,
-    /// Where the pool sends this loop's completions, and how it wakes us.
-    pub(crate) completions: Sender<Completion>,
+    /// Where the pool and streams tell this loop of results and bytes, and
+    /// how they wake it.
+    pub(crate) mail: Sender<Mail>,
     pub(crate) waker: Arc<mio::Waker>,
     pub(crate) next_job_id: u64,
     /// Which handler panics get a log line.

@@ -62,6 +62,12 @@ impl Finishing {
         self.wire_bytes = wire_bytes as u64;
     }
 
+    /// Adds a streamed body's bytes, sent after the head `describe` saw.
+    pub(crate) fn add_body(&mut self, body_bytes: u64, wire_bytes: u64) {
+        self.body_bytes += body_bytes;
+        self.wire_bytes += wire_bytes;
+    }
+
     /// Runs the hooks (a panicking hook is logged and skips only itself).
     pub(crate) fn fire(self, completed: bool) {
         let Finishing { hooks, started, status, headers, body_bytes, wire_bytes } = self;

@@ -13,6 +13,7 @@
 mod context;
 mod finish;
 pub(crate) mod io;
+mod outgoing;
 mod queue;
 
 use std::mem::MaybeUninit;
@@ -22,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use crate::http::body::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
-use crate::http::response::Work;
-use crate::http::response::{self, Encoding, CONTINUE};
+use crate::http::response::{self, Body, BodyFraming, Encoding, Producer, Work, CONTINUE};
+use crate::http::stream::{Notify, StreamBody};
 use crate::http::{Reject, MAX_HEADERS_CAP};
 use crate::offload::{Completion, Job};
 use crate::shared::{panic_message, SharedSocket};
@@ -33,6 +34,7 @@ pub(crate) use context::LoopContext;
 use finish::{Finishing, Watch};
 pub(crate) use io::refuse_over_limit;
 use io::ReadResult;
+use outgoing::{Outgoing, Pumped};
 use queue::{Released, ResponseQueue};
 
 /// Reads per readiness event before the connection yields to the others
@@ -49,6 +51,10 @@ const SLOW_READ_CHUNK: usize = 16 * 1024;
 /// Responses a connection may have waiting behind an offloaded one before
 /// it stops reading more requests.
 const MAX_PENDING_RESPONSES: usize = 64;
+
+/// Body bytes one connection may stream per event before the loop serves
+/// its other connections.
+const STREAM_BUDGET: usize = 1024 * 1024;
 
 /// The raw bytes of a chunked body may exceed the decoded limit by the
 /// chunk framing; past this much overhead the client is wasting our time.
@@ -260,13 +266,24 @@ impl Conn {
             // Output it does not read is waiting: a 408 would only pile up
             // behind it. The client is not listening; close.
             Timer::Request if !self.output.is_empty() => Next::Close,
+            Timer::Offload
+                if self.queue.streaming().is_some_and(|body| body.deadline <= cx.now) =>
+            {
+                log::debug!(
+                    "loop {} streamed response cut: no progress within its timeout",
+                    cx.shared.name()
+                );
+                Next::Close
+            }
             Timer::Offload => {
                 let (draining, date, now) = (cx.draining, &cx.date, cx.now);
                 let expired = self.queue.expire(now, |mut encoding, carried, finish| {
                     encoding.keep_alive &= !draining;
                     let mut response = offload_timed_out();
                     response.headers.splice(0..0, carried);
-                    encode_watched(&mut response, encoding, date, finish, now)
+                    let (bytes, keep_alive, _) =
+                        encode_watched(&mut response, encoding, date, finish, now);
+                    (bytes, keep_alive)
                 });
                 if !expired {
                     self.deadline = self.queue.next_deadline().unwrap_or(self.deadline);
@@ -581,7 +598,11 @@ impl Conn {
             http10: head.version == crate::Version::Http10,
         };
         let response = &cx.response;
-        if outcome.is_err() || response.offload.is_some() || !response.on_finish.is_empty() {
+        if outcome.is_err()
+            || response.offload.is_some()
+            || !response.on_finish.is_empty()
+            || matches!(response.body, Body::Stream(_))
+        {
             return self.dispatch_rare(outcome, (head.method, head.path), encoding, cx);
         }
         let start = cx.out.len();
@@ -592,8 +613,8 @@ impl Conn {
         }
     }
 
-    /// What `dispatch` does for a response that panicked, is offloaded or
-    /// has `on_finish` hooks. Kept out of `dispatch`, so that the service
+    /// What `dispatch` does for a response that panicked, is offloaded,
+    /// has `on_finish` hooks or a streamed body. Kept out of `dispatch`, so that the service
     /// call is still inlined there: 48 instructions a pipelined request.
     #[cold]
     #[inline(never)]
@@ -617,23 +638,72 @@ impl Conn {
             }
         }
         let start = cx.out.len();
-        let error;
-        let sent = match outcome {
-            Ok(()) => &cx.response,
+        let mut error = None;
+        let (keep_alive, stream) = match outcome {
+            Ok(()) => response::encode_streamed(&mut cx.response, encoding, &cx.date, &mut cx.out),
             Err(payload) => {
                 cx.handler_panicked(method, path, &payload);
-                error = response::internal_error();
-                &error
+                let failure = error.insert(response::internal_error());
+                (response::encode(failure, encoding, &cx.date, &mut cx.out), None)
             }
         };
-        let keep_alive = response::encode(sent, encoding, &cx.date, &mut cx.out);
+        if stream.is_none() && matches!(cx.response.body, Body::Stream(_)) {
+            // No body is sent (HEAD, 204, 304, a 500): its writer hears so now.
+            cx.response.body = Body::Static(b"");
+            cx.response.producer = None;
+        }
+        let sent = error.as_ref().unwrap_or(&cx.response);
         let finishing = finishing.map(|mut finishing| {
             finishing.describe(sent, encoding, cx.out.len() - start);
             finishing
         });
+        if let Some((stream, framing)) = stream {
+            let producer = cx.response.producer.take();
+            let head = (start, encoding, keep_alive);
+            return self.start_stream(stream, framing, producer, head, finishing, cx);
+        }
         self.queue_if_behind_offload(start, keep_alive, finishing, cx);
         if !keep_alive {
             self.closing = Closing::AfterWrite;
+        }
+    }
+
+    /// The head of a response with a streamed body is in `cx.out` from
+    /// `start`: its producer starts (when the pool's queue is full the head
+    /// is replaced by a 503), and the body follows the head, behind what
+    /// is outstanding.
+    fn start_stream<F: ServiceFactory>(
+        &mut self,
+        stream: Box<StreamBody>,
+        framing: BodyFraming,
+        producer: Option<Producer>,
+        (start, encoding, keep_alive): (usize, Encoding, bool),
+        finishing: Option<Box<Finishing>>,
+        cx: &mut LoopContext<F>,
+    ) {
+        if let Some(producer) = producer {
+            if cx.offload.run(producer).is_err() {
+                drop(stream); // its writer, in the producer, is gone already
+                cx.out.truncate(start);
+                let headers = std::mem::take(&mut cx.response.headers);
+                return self.answer_pool_full(headers, encoding, finishing, cx);
+            }
+        }
+        let id = cx.next_job_id;
+        cx.next_job_id += 1;
+        stream.attach(Notify {
+            mail: cx.mail.clone(),
+            waker: cx.waker.clone(),
+            conn: self.key,
+            id,
+        });
+        let deadline = cx.now + cx.stream_idle_timeout;
+        let body = Box::new(Outgoing::new(stream, id, framing, keep_alive, finishing, deadline));
+        if self.queue.is_empty() {
+            self.queue.push_streaming(body);
+        } else {
+            let head = cx.out.split_off(start);
+            self.queue.push_ready_streamed(head, body);
         }
     }
 
@@ -669,7 +739,8 @@ impl Conn {
     fn release_queue<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) {
         let unsent = (self.output.len() - self.written) as u64;
         let watch = &mut self.watch;
-        let released = self.queue.release(&mut cx.out, |end, finishing| {
+        let stream_deadline = cx.now + cx.stream_idle_timeout;
+        let released = self.queue.release(&mut cx.out, stream_deadline, |end, finishing| {
             watch
                 .get_or_insert_with(|| Box::new(Watch::starting_with(unsent)))
                 .ends_at(end, finishing);
@@ -711,29 +782,35 @@ impl Conn {
         let job = Job {
             work,
             headers,
-            reply_to: cx.completions.clone(),
+            reply_to: cx.mail.clone(),
             waker: cx.waker.clone(),
             conn: self.key,
             id,
         };
         match cx.offload.submit(job) {
             Ok(()) => self.queue.wait_for(id, encoding, deadline, carried, finishing),
-            Err(job) => {
-                let mut busy = Response::new();
-                busy.headers = job.headers;
-                busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
-                busy.body_static(b"503 Service Unavailable: offload queue full\n");
-                let start = cx.out.len();
-                let keep_alive = response::encode(&busy, encoding, &cx.date, &mut cx.out);
-                let finishing = finishing.map(|mut finishing| {
-                    finishing.describe(&busy, encoding, cx.out.len() - start);
-                    finishing
-                });
-                self.queue_if_behind_offload(start, keep_alive, finishing, cx);
-                if !keep_alive {
-                    self.closing = Closing::AfterWrite;
-                }
-            }
+            Err(job) => self.answer_pool_full(job.headers, encoding, finishing, cx),
+        }
+    }
+
+    /// The offload pool's queue is full: 503, with the fields set so far.
+    fn answer_pool_full<F: ServiceFactory>(
+        &mut self,
+        headers: response::Fields,
+        encoding: Encoding,
+        finishing: Option<Box<Finishing>>,
+        cx: &mut LoopContext<F>,
+    ) {
+        let busy = pool_full(headers);
+        let start = cx.out.len();
+        let keep_alive = response::encode(&busy, encoding, &cx.date, &mut cx.out);
+        let finishing = finishing.map(|mut finishing| {
+            finishing.describe(&busy, encoding, cx.out.len() - start);
+            finishing
+        });
+        self.queue_if_behind_offload(start, keep_alive, finishing, cx);
+        if !keep_alive {
+            self.closing = Closing::AfterWrite;
         }
     }
 
@@ -746,6 +823,11 @@ impl Conn {
         cx: &mut LoopContext<F>,
     ) -> Next {
         let (draining, date, shared, now) = (cx.draining, &cx.date, &cx.shared, cx.now);
+        // Should the work's response stream its body.
+        let id = cx.next_job_id;
+        cx.next_job_id += 1;
+        let notify = Notify { mail: cx.mail.clone(), waker: cx.waker.clone(), conn: self.key, id };
+        let (pool, deadline) = (&cx.offload, now + cx.stream_idle_timeout);
         let filled = self.queue.fill(completion.id, |mut encoding, finish| {
             encoding.keep_alive &= !draining;
             let mut response = completion.result.unwrap_or_else(|(panic, carried)| {
@@ -755,7 +837,19 @@ impl Conn {
                 error.headers.splice(0..0, carried);
                 error
             });
-            encode_watched(&mut response, encoding, date, finish, now)
+            if let Some(producer) = response.producer.take() {
+                if matches!(response.body, Body::Stream(_)) && pool.run(producer).is_err() {
+                    response = pool_full(std::mem::take(&mut response.headers));
+                }
+            }
+            let (bytes, keep_alive, stream) =
+                encode_watched(&mut response, encoding, date, finish, now);
+            let body = stream.map(|(stream, framing)| {
+                stream.attach(notify);
+                // Its hooks move to it when it is released.
+                Box::new(Outgoing::new(stream, id, framing, keep_alive, None, deadline))
+            });
+            (bytes, keep_alive, body)
         });
         if !filled {
             // Not ours (an older connection with this key), or it ran out
@@ -787,9 +881,24 @@ impl Conn {
 
     /// Writes the loop's pending output (and any older output first).
     fn flush<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
+        if self.queue.streaming().is_some() {
+            return self.flush_streaming(cx);
+        }
+        if self.write_output(cx).is_err() {
+            return Next::Close;
+        }
+        if !self.output.is_empty() {
+            return Next::Wait; // the writable event comes back here
+        }
+        self.after_flush(cx)
+    }
+
+    /// Writes what waits, keeping what the socket does not take; `Err`
+    /// when the connection failed.
+    fn write_output<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Result<(), ()> {
         if self.output.is_empty() {
             if cx.out.is_empty() {
-                return self.after_flush(cx);
+                return Ok(());
             }
             if let Some(watch) = &mut self.watch {
                 watch.queued += cx.out.len() as u64;
@@ -798,7 +907,7 @@ impl Conn {
                 Ok(n) => n,
                 Err(_) => {
                     cx.out.clear();
-                    return Next::Close;
+                    return Err(());
                 }
             };
             if let Some(watch) = &mut self.watch {
@@ -821,17 +930,115 @@ impl Conn {
                         watch.sent(n);
                     }
                 }
-                Err(_) => return Next::Close,
+                Err(_) => return Err(()),
             }
             if self.written == self.output.len() {
                 self.output = Vec::new();
                 self.written = 0;
             }
         }
-        if !self.output.is_empty() {
-            return Next::Wait; // the writable event comes back here
+        Ok(())
+    }
+
+    /// Output bytes not written yet.
+    fn unsent<F: ServiceFactory>(&self, cx: &LoopContext<F>) -> usize {
+        self.output.len() - self.written + cx.out.len()
+    }
+
+    /// `flush` while a body streams: writes, and takes more of the body
+    /// whenever the socket took everything, up to the stream budget per
+    /// event (then the loop's other connections go first). Every bit of
+    /// progress, the producer's or the client's, moves the stream's
+    /// deadline: the send timeout while output waits for the client, the
+    /// idle timeout while the loop waits for the producer.
+    #[cold]
+    #[inline(never)]
+    fn flush_streaming<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) -> Next {
+        let mut budget = STREAM_BUDGET;
+        loop {
+            let before = self.unsent(cx);
+            if self.write_output(cx).is_err() {
+                return Next::Close;
+            }
+            let progressed = self.unsent(cx) < before;
+            let waiting_for_client = !self.output.is_empty();
+            let timeout = if waiting_for_client { cx.send_timeout } else { cx.stream_idle_timeout };
+            let Some(body) = self.queue.streaming() else {
+                // The stream ended and what followed it was written above.
+                if waiting_for_client {
+                    return Next::Wait;
+                }
+                return self.after_flush(cx);
+            };
+            if progressed {
+                body.deadline = cx.now + timeout;
+            }
+            let next = if waiting_for_client {
+                Some(Next::Wait)
+            } else if budget == 0 {
+                Some(Next::Deferred)
+            } else {
+                match body.pump(budget.min(OUTPUT_HIGH_WATER), &mut cx.out) {
+                    Pumped::Idle => Some(Next::Wait),
+                    Pumped::Bytes(n) => {
+                        budget = budget.saturating_sub(n);
+                        body.deadline = cx.now + cx.stream_idle_timeout;
+                        None
+                    }
+                    Pumped::Done => {
+                        self.end_stream(true, cx);
+                        None
+                    }
+                    Pumped::Cut => {
+                        self.end_stream(false, cx);
+                        None
+                    }
+                }
+            };
+            if self.timer == Timer::Offload {
+                self.deadline = self.queue.next_deadline().unwrap_or(self.deadline);
+            }
+            if let Some(next) = next {
+                return next;
+            }
         }
-        self.after_flush(cx)
+    }
+
+    /// The streamed body at the front of the queue is over: whole (its end
+    /// is in `cx.out`), or cut short, which closes the connection once what
+    /// was sent of it is out.
+    fn end_stream<F: ServiceFactory>(&mut self, whole: bool, cx: &mut LoopContext<F>) {
+        let Some(mut body) = self.queue.end_streaming() else { return };
+        let finish = body.take_finish();
+        if whole {
+            if let Some(finish) = finish {
+                self.watch().ends_at(cx.out.len(), finish);
+            }
+        } else if let Some(finish) = finish {
+            finish.fire(false);
+        }
+        if whole && body.keep_alive {
+            self.release_queue(cx);
+        } else {
+            // Nothing is sent after a closing or cut response.
+            self.queue.cut_short();
+            self.closing = Closing::AfterWrite;
+        }
+    }
+
+    /// A stream has bytes, or has ended.
+    pub(crate) fn on_body_ready<F: ServiceFactory>(
+        &mut self,
+        id: u64,
+        scratch: &mut [u8],
+        cx: &mut LoopContext<F>,
+    ) -> Next {
+        if !matches!(self.queue.streaming(), Some(body) if body.id == id) {
+            // Not streaming yet (queued behind others: its turn pumps it),
+            // or an older connection's.
+            return Next::Wait;
+        }
+        self.flush_and_resume(scratch, cx)
     }
 
     fn after_flush<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) -> Next {
@@ -861,9 +1068,9 @@ fn encode_watched(
     date: &crate::http::date::DateCache,
     finish: &mut Option<Box<Finishing>>,
     now: Instant,
-) -> (Vec<u8>, bool) {
+) -> (Vec<u8>, bool, Option<response::Streamed>) {
     let mut bytes = Vec::new();
-    let keep_alive = response::encode(response, encoding, date, &mut bytes);
+    let (keep_alive, stream) = response::encode_streamed(response, encoding, date, &mut bytes);
     if !response.on_finish.is_empty() {
         let hooks = std::mem::take(&mut response.on_finish);
         match finish {
@@ -874,7 +1081,17 @@ fn encode_watched(
     if let Some(finish) = finish {
         finish.describe(response, encoding, bytes.len());
     }
-    (bytes, keep_alive)
+    (bytes, keep_alive, stream)
+}
+
+/// The answer when the offload pool's queue is full, with the fields set
+/// so far.
+fn pool_full(headers: response::Fields) -> Response {
+    let mut busy = Response::new();
+    busy.headers = headers;
+    busy.status(503).header("Retry-After", "1").header("Content-Type", "text/plain");
+    busy.body_static(b"503 Service Unavailable: offload queue full\n");
+    busy
 }
 
 /// The answer to offloaded work that ran out of time.

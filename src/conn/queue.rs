@@ -1,14 +1,17 @@
 //! Responses of one connection in request order while offloaded work is
-//! outstanding: a response finished early waits for the ones before it.
+//! outstanding or a body is being streamed: a response finished early
+//! waits for the ones before it.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::finish::Finishing;
+use super::outgoing::Outgoing;
 use crate::http::response::{Encoding, Fields};
 
 /// The in-order queue of one connection. Empty whenever no offloaded work
-/// is outstanding; responses then go straight to the output.
+/// is outstanding and no body streams; responses then go straight to the
+/// output.
 #[derive(Debug, Default)]
 pub(crate) struct ResponseQueue {
     entries: VecDeque<Entry>,
@@ -26,8 +29,17 @@ enum Entry {
         carried: Fields,
         finish: Option<Box<Finishing>>,
     },
-    /// An encoded response waiting for the ones before it.
-    Ready { bytes: Vec<u8>, keep_alive: bool, finish: Option<Box<Finishing>> },
+    /// An encoded response waiting for the ones before it; with `body`, its
+    /// head, and the streamed body to follow it.
+    Ready {
+        bytes: Vec<u8>,
+        keep_alive: bool,
+        finish: Option<Box<Finishing>>,
+        body: Option<Box<Outgoing>>,
+    },
+    /// A body being streamed (always the front entry): what follows waits
+    /// for its end.
+    Streaming(Box<Outgoing>),
 }
 
 /// What [`ResponseQueue::release`] let out.
@@ -68,8 +80,41 @@ impl ResponseQueue {
         keep_alive: bool,
         finish: Option<Box<Finishing>>,
     ) {
-        debug_assert!(!self.is_empty(), "only responses behind offloaded work wait");
-        self.entries.push_back(Entry::Ready { bytes, keep_alive, finish });
+        debug_assert!(!self.is_empty(), "only responses behind offloaded work or a stream wait");
+        self.entries.push_back(Entry::Ready { bytes, keep_alive, finish, body: None });
+    }
+
+    /// Queues a streamed body whose head is already on its way: it goes
+    /// first.
+    pub(crate) fn push_streaming(&mut self, body: Box<Outgoing>) {
+        debug_assert!(self.is_empty(), "a body streams only once all before it is out");
+        self.entries.push_back(Entry::Streaming(body));
+    }
+
+    /// Queues a response with a streamed body (its head `bytes`) behind the
+    /// outstanding ones.
+    pub(crate) fn push_ready_streamed(&mut self, bytes: Vec<u8>, body: Box<Outgoing>) {
+        let keep_alive = body.keep_alive;
+        self.entries.push_back(Entry::Ready { bytes, keep_alive, finish: None, body: Some(body) });
+    }
+
+    /// The body being streamed, if any.
+    pub(crate) fn streaming(&mut self) -> Option<&mut Outgoing> {
+        match self.entries.front_mut() {
+            Some(Entry::Streaming(body)) => Some(body),
+            _ => None,
+        }
+    }
+
+    /// The streamed body is over: it leaves the queue.
+    pub(crate) fn end_streaming(&mut self) -> Option<Box<Outgoing>> {
+        match self.entries.front() {
+            Some(Entry::Streaming(_)) => match self.entries.pop_front() {
+                Some(Entry::Streaming(body)) => Some(body),
+                _ => unreachable!("checked above"),
+            },
+            _ => None,
+        }
     }
 
     /// Fills in the place of job `id` with what `encode` makes of its
@@ -80,7 +125,10 @@ impl ResponseQueue {
     pub(crate) fn fill(
         &mut self,
         id: u64,
-        encode: impl FnOnce(Encoding, &mut Option<Box<Finishing>>) -> (Vec<u8>, bool),
+        encode: impl FnOnce(
+            Encoding,
+            &mut Option<Box<Finishing>>,
+        ) -> (Vec<u8>, bool, Option<Box<Outgoing>>),
     ) -> bool {
         let Some(entry) = self
             .entries
@@ -92,17 +140,18 @@ impl ResponseQueue {
         let Entry::Waiting { encoding, finish, .. } = entry else { unreachable!("matched above") };
         let encoding = *encoding;
         let mut finish = finish.take();
-        let (bytes, keep_alive) = encode(encoding, &mut finish);
-        *entry = Entry::Ready { bytes, keep_alive, finish };
+        let (bytes, keep_alive, body) = encode(encoding, &mut finish);
+        *entry = Entry::Ready { bytes, keep_alive, finish, body };
         true
     }
 
-    /// The earliest time a waiting job runs out.
+    /// The earliest time a waiting job or the streamed body runs out.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.entries
             .iter()
             .filter_map(|entry| match entry {
                 Entry::Waiting { deadline, .. } => *deadline,
+                Entry::Streaming(body) => Some(body.deadline),
                 Entry::Ready { .. } => None,
             })
             .min()
@@ -125,7 +174,7 @@ impl ResponseQueue {
                     let mut finish = finish.take();
                     let carried = std::mem::take(carried);
                     let (bytes, keep_alive) = encode(encoding, carried, &mut finish);
-                    *entry = Entry::Ready { bytes, keep_alive, finish };
+                    *entry = Entry::Ready { bytes, keep_alive, finish, body: None };
                     expired = true;
                 }
             }
@@ -134,17 +183,31 @@ impl ResponseQueue {
     }
 
     /// Appends to `out` every ready response no longer behind a waiting
-    /// one; `watch` gets each one's hooks with `out`'s length after it.
+    /// one or a stream; `watch` gets each one's hooks with `out`'s length
+    /// after it. A response with a streamed body stops it after its head:
+    /// the body streams from then on, until `stream_deadline` unless it
+    /// makes progress.
     pub(crate) fn release(
         &mut self,
         out: &mut Vec<u8>,
+        stream_deadline: Instant,
         mut watch: impl FnMut(usize, Box<Finishing>),
     ) -> Released {
         while matches!(self.entries.front(), Some(Entry::Ready { .. })) {
-            let Some(Entry::Ready { bytes, keep_alive, finish }) = self.entries.pop_front() else {
+            let Some(Entry::Ready { bytes, keep_alive, finish, body }) = self.entries.pop_front()
+            else {
                 unreachable!("checked above")
             };
             out.extend_from_slice(&bytes);
+            if let Some(mut body) = body {
+                // Its hooks wait for the end of the body, not of the head.
+                if finish.is_some() {
+                    body.finish = finish;
+                }
+                body.deadline = stream_deadline;
+                self.entries.push_front(Entry::Streaming(body));
+                return Released::KeepOpen;
+            }
             if let Some(finish) = finish {
                 watch(out.len(), finish);
             }
@@ -159,10 +222,15 @@ impl ResponseQueue {
 
     /// The connection closes with responses still waiting: they are cut
     /// short.
-    fn cut_short(&mut self) {
+    pub(crate) fn cut_short(&mut self) {
         for entry in self.entries.drain(..) {
-            let (Entry::Waiting { finish, .. } | Entry::Ready { finish, .. }) = entry;
-            if let Some(finish) = finish {
+            let (finish, body) = match entry {
+                Entry::Waiting { finish, .. } => (finish, None),
+                Entry::Ready { finish, body, .. } => (finish, body),
+                Entry::Streaming(body) => (None, Some(body)),
+            };
+            // Dropping a body tells its producer: its writes fail from now.
+            for finish in finish.into_iter().chain(body.and_then(|mut body| body.take_finish())) {
                 (*finish).fire(false);
             }
         }
@@ -182,11 +250,11 @@ mod tests {
     const KEEP: Encoding = Encoding { head_request: false, keep_alive: true, http10: false };
 
     fn fill(queue: &mut ResponseQueue, id: u64, body: &str, keep_alive: bool) -> bool {
-        queue.fill(id, |_, _| (body.as_bytes().to_vec(), keep_alive))
+        queue.fill(id, |_, _| (body.as_bytes().to_vec(), keep_alive, None))
     }
 
     fn release(queue: &mut ResponseQueue, out: &mut Vec<u8>) -> Released {
-        queue.release(out, |_, _| {})
+        queue.release(out, Instant::now(), |_, _| {})
     }
 
     #[test]
@@ -235,7 +303,7 @@ mod tests {
         let mut seen = None;
         assert!(queue.fill(3, |encoding, _| {
             seen = Some(encoding);
-            (Vec::new(), true)
+            (Vec::new(), true, None)
         }));
         assert_eq!(seen, Some(head));
     }

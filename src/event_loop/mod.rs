@@ -19,7 +19,7 @@ use slab::Slab;
 
 use crate::conn::{self, Conn, LoopContext, Next};
 use crate::http::date::DateCache;
-use crate::offload::Completion;
+use crate::offload::Mail;
 use crate::shared::{
     lock, Conveyed, Fate, LoopShared, LoopState, PeerTicket, ServerShared, SharedSocket,
 };
@@ -106,7 +106,7 @@ struct EventLoop<F: ServiceFactory> {
     cx: LoopContext<F>,
     scratch: Vec<u8>,
     /// Results of offloaded work, announced by the waker.
-    completions: crossbeam_channel::Receiver<Completion>,
+    mail: crossbeam_channel::Receiver<Mail>,
     server: Arc<ServerShared>,
     acceptor: Acceptor,
     /// Connections accepted in the current batch, not yet set up.
@@ -146,12 +146,14 @@ impl<F: ServiceFactory> EventLoop<F> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         *lock(&shared.waker) = Some(waker.clone());
-        let (completions_tx, completions) = crossbeam_channel::unbounded();
+        let (mail_tx, mail) = crossbeam_channel::unbounded();
         let config = &server.config;
         // Timers are checked by a sweep over the connections; a quarter of
         // the shortest timeout keeps them within 25% of their value.
-        let sweep_every = (config.header_timeout.min(config.keep_alive_timeout) / 4)
-            .clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let shortest = [config.keep_alive_timeout, config.stream_idle_timeout, config.send_timeout]
+            .into_iter()
+            .fold(config.header_timeout, Duration::min);
+        let sweep_every = (shortest / 4).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let now = Instant::now();
         Ok(EventLoop {
             poll,
@@ -166,6 +168,8 @@ impl<F: ServiceFactory> EventLoop<F> {
                 header_timeout: config.header_timeout,
                 min_receive_rate: config.min_receive_rate,
                 keep_alive_timeout: config.keep_alive_timeout,
+                stream_idle_timeout: config.stream_idle_timeout,
+                send_timeout: config.send_timeout,
                 now,
                 progress: 0,
                 unpublished_requests: 0,
@@ -175,13 +179,13 @@ impl<F: ServiceFactory> EventLoop<F> {
                 handed_off: false,
                 out: Vec::with_capacity(SCRATCH_BYTES),
                 offload: server.offload.clone(),
-                completions: completions_tx,
+                mail: mail_tx,
                 waker,
                 next_job_id: 0,
                 server: server.clone(),
                 panic_log: Default::default(),
             },
-            completions,
+            mail,
             scratch: vec![0; SCRATCH_BYTES],
             server,
             acceptor: Acceptor::default(),
@@ -239,7 +243,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 // to accept or handed some over, or a flag checked in
                 // `after_events` was set.
                 WAKER => {
-                    self.take_completions();
+                    self.take_mail();
                     if self.cx.shared.accept_hint.swap(false, Relaxed) {
                         self.accept_and_share();
                     }
@@ -548,11 +552,18 @@ impl<F: ServiceFactory> EventLoop<F> {
         Some(key)
     }
 
-    fn take_completions(&mut self) {
-        while let Ok(completion) = self.completions.try_recv() {
-            let key = completion.conn;
-            // A connection closed meanwhile: its result is dropped quietly.
-            self.serve(key, |conn, scratch, cx| conn.complete(completion, scratch, cx));
+    fn take_mail(&mut self) {
+        while let Ok(mail) = self.mail.try_recv() {
+            // A connection closed meanwhile: its mail is dropped quietly.
+            match mail {
+                Mail::Done(completion) => {
+                    let key = completion.conn;
+                    self.serve(key, |conn, scratch, cx| conn.complete(completion, scratch, cx));
+                }
+                Mail::Body { conn: key, id } => {
+                    self.serve(key, |conn, scratch, cx| conn.on_body_ready(id, scratch, cx))
+                }
+            }
         }
     }
 

@@ -8,6 +8,7 @@ pub(crate) mod body;
 pub(crate) mod date;
 pub(crate) mod request;
 pub(crate) mod response;
+pub(crate) mod stream;
 
 pub use request::{Request, Version};
 pub use response::{Finished, Response};

@@ -4,6 +4,7 @@ use std::borrow::Cow;
 
 use super::date::DateCache;
 use super::is_tchar;
+use super::stream::{BodyWriter, StreamBody};
 
 /// Work that fills in a response on a pool thread.
 pub(crate) type Work = Box<dyn FnOnce(&mut Response) + Send + 'static>;
@@ -66,7 +67,12 @@ pub struct Response {
     pub(crate) offload_timeout: Option<std::time::Duration>,
     /// Called when the exchange is over.
     pub(crate) on_finish: Vec<FinishHook>,
+    /// Writes a streamed body, on the offload pool ([`Response::stream_with`]).
+    pub(crate) producer: Option<Producer>,
 }
+
+/// A streamed body's producer, to run on the offload pool.
+pub(crate) type Producer = Box<dyn FnOnce() + Send + 'static>;
 
 impl std::fmt::Debug for Response {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -86,6 +92,22 @@ impl std::fmt::Debug for Response {
 pub(crate) enum Body {
     Static(&'static [u8]),
     Owned(Vec<u8>),
+    /// Sent as a producer writes it (see `http::stream`).
+    Stream(Box<StreamBody>),
+}
+
+/// A streamed body taken from its response, and how it is delimited.
+pub(crate) type Streamed = (Box<StreamBody>, BodyFraming);
+
+/// How a response's body is delimited on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyFraming {
+    /// `Content-Length`.
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1, length not known).
+    Chunked,
+    /// By closing the connection (HTTP/1.0, length not known).
+    UntilClose,
 }
 
 impl Default for Response {
@@ -105,6 +127,7 @@ impl Response {
             offload: None,
             offload_timeout: None,
             on_finish: Vec::new(),
+            producer: None,
         }
     }
 
@@ -142,13 +165,81 @@ impl Response {
 
     /// The body as a growable buffer, for writing into it.
     pub fn body_mut(&mut self) -> &mut Vec<u8> {
-        if let Body::Static(bytes) = self.body {
-            self.body = Body::Owned(bytes.to_vec());
+        if !matches!(self.body, Body::Owned(_)) {
+            // A stream's body is not here: it starts empty.
+            self.body = Body::Owned(self.body_bytes().to_vec());
         }
         match &mut self.body {
             Body::Owned(vec) => vec,
-            Body::Static(_) => unreachable!("replaced just above"),
+            Body::Static(_) | Body::Stream(_) => unreachable!("replaced just above"),
         }
+    }
+
+    /// Streams the body, of a length not known in advance: what is written
+    /// to the returned writer is sent as it comes (`Transfer-Encoding:
+    /// chunked`, or on HTTP/1.0 until the connection closes). Move the
+    /// writer to another thread, or use [`stream_with`](Self::stream_with).
+    /// Setting another body drops the stream (its writes then fail).
+    ///
+    /// The client's pace is the producer's: past
+    /// [`STREAM_QUEUE_BYTES`](crate::STREAM_QUEUE_BYTES)
+    /// not yet sent, writes block. HEAD, 204 and 304 send no body: the
+    /// writer's first write fails with `BrokenPipe`. Later responses on the
+    /// same connection wait behind the stream. A stream silent for the
+    /// server's `stream_idle_timeout`, or whose client takes nothing for
+    /// its `send_timeout`, is cut.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use vigil::{Request, Response};
+    ///
+    /// fn export(_req: &Request<'_>, res: &mut Response) {
+    ///     res.header("Content-Type", "text/csv");
+    ///     let mut writer = res.stream();
+    ///     std::thread::spawn(move || -> std::io::Result<()> {
+    ///         for row in 0..1000 {
+    ///             writeln!(writer, "{row},{}", row * row)?;
+    ///         }
+    ///         writer.finish()
+    ///     });
+    /// }
+    /// ```
+    pub fn stream(&mut self) -> BodyWriter {
+        self.stream_body(None)
+    }
+
+    /// [`stream`](Self::stream), for a body of exactly `length` bytes (sent
+    /// with `Content-Length`). A producer that finishes short is cut off
+    /// (the client sees the connection close early); bytes past `length`
+    /// are not sent, and the connection closes after the response.
+    pub fn stream_sized(&mut self, length: u64) -> BodyWriter {
+        self.stream_body(Some(length))
+    }
+
+    /// Streams the body from `produce`, run on the offload pool once the
+    /// handler returns (a full pool queue is answered `503`). Returning
+    /// `Ok` ends the body; an error or a panic cuts it short.
+    pub fn stream_with(
+        &mut self,
+        produce: impl FnOnce(&mut BodyWriter) -> std::io::Result<()> + Send + 'static,
+    ) -> &mut Self {
+        let mut writer = self.stream();
+        self.producer = Some(Box::new(move || {
+            if produce(&mut writer).is_ok() {
+                let _ = writer.finish();
+            }
+            // Otherwise dropped unfinished: cut short.
+        }));
+        self
+    }
+
+    fn stream_body(&mut self, length: Option<u64>) -> BodyWriter {
+        let (body, writer) = StreamBody::new(length);
+        self.body = Body::Stream(Box::new(body));
+        self.producer = None;
+        writer
     }
 
     /// Finishes this response on the offload pool instead of the loop:
@@ -239,10 +330,12 @@ impl Response {
     }
 
     /// The body set so far, static or owned.
+    /// A streamed body has none here.
     pub fn body_bytes(&self) -> &[u8] {
         match &self.body {
             Body::Static(bytes) => bytes,
             Body::Owned(vec) => vec,
+            Body::Stream(_) => b"",
         }
     }
 
@@ -255,6 +348,7 @@ impl Response {
         self.offload_timeout = None;
         self.headers.clear();
         self.close = false;
+        self.producer = None;
         match &mut self.body {
             Body::Owned(vec) if vec.capacity() <= 64 * 1024 => vec.clear(),
             body => *body = Body::Static(b""),
@@ -299,7 +393,8 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
         return keep_alive;
     }
     let head_start = out.len();
-    match encode_head(res, enc, date, out) {
+    let framing = BodyFraming::Length(res.body_bytes().len() as u64);
+    match encode_head(res, enc, framing, date, out) {
         Ok(keep_alive) => {
             let head = &out[head_start..];
             LAST_HEAD.with_borrow_mut(|last| last.remember(res, enc, date, head, keep_alive));
@@ -308,6 +403,35 @@ pub(crate) fn encode(res: &Response, enc: Encoding, date: &DateCache, out: &mut 
         }
         // Replaced by a 500 without a body.
         Err(keep_alive) => keep_alive,
+    }
+}
+
+/// [`encode`] for a response whose body may be streamed: the head only,
+/// framed for the stream, and the stream itself when a body follows it
+/// (not for HEAD, 204, 304, or a response replaced by a 500: the stream
+/// is dropped with the response, and its writer's writes fail).
+pub(crate) fn encode_streamed(
+    res: &mut Response,
+    enc: Encoding,
+    date: &DateCache,
+    out: &mut Vec<u8>,
+) -> (bool, Option<Streamed>) {
+    let Body::Stream(stream) = &res.body else {
+        return (encode(res, enc, date, out), None);
+    };
+    let framing = match stream.length {
+        Some(len) => BodyFraming::Length(len),
+        None if enc.http10 => BodyFraming::UntilClose,
+        None => BodyFraming::Chunked,
+    };
+    match encode_head(res, enc, framing, date, out) {
+        Ok(keep_alive) if is_framed(res.status) && !enc.head_request => {
+            let Body::Stream(stream) = std::mem::replace(&mut res.body, Body::Static(b"")) else {
+                unreachable!("matched above")
+            };
+            (keep_alive, Some((stream, framing)))
+        }
+        Ok(keep_alive) | Err(keep_alive) => (keep_alive, None),
     }
 }
 
@@ -434,6 +558,7 @@ thread_local! {
 fn encode_head(
     res: &Response,
     enc: Encoding,
+    framing: BodyFraming,
     date: &DateCache,
     out: &mut Vec<u8>,
 ) -> Result<bool, bool> {
@@ -459,25 +584,33 @@ fn encode_head(
     }
 
     let framed = is_framed(status);
-    let body = res.body_bytes();
+    // A body delimited by the close is one only where a body is sent.
+    close |= framing == BodyFraming::UntilClose && framed && !enc.head_request;
     // Status line and our fields take at most ~150 bytes; reserving once
     // (the body included: the caller appends it) saves the regrowth copies
     // of several small extends.
     out.reserve(160 + fields_len + body_on_the_wire(res, enc).len());
 
-    if status == 200 {
-        // framed: a 200 always has a Content-Length.
-        out.extend_from_slice(date.preamble_200());
-        decimal_line(out, body.len() as u64);
-    } else {
-        status_line(out, status);
-        out.extend_from_slice(b"Server: vigil\r\nDate: ");
-        out.extend_from_slice(date.bytes());
-        if framed {
-            out.extend_from_slice(b"\r\nContent-Length: ");
-            decimal_line(out, body.len() as u64);
-        } else {
-            out.extend_from_slice(b"\r\n");
+    match framing {
+        // A 200 of known length: the common case, one copy.
+        BodyFraming::Length(len) if status == 200 => {
+            out.extend_from_slice(date.preamble_200());
+            decimal_line(out, len);
+        }
+        _ => {
+            status_line(out, status);
+            out.extend_from_slice(b"Server: vigil\r\nDate: ");
+            out.extend_from_slice(date.bytes());
+            match framing {
+                BodyFraming::Length(len) if framed => {
+                    out.extend_from_slice(b"\r\nContent-Length: ");
+                    decimal_line(out, len);
+                }
+                BodyFraming::Chunked if framed => {
+                    out.extend_from_slice(b"\r\nTransfer-Encoding: chunked\r\n");
+                }
+                _ => out.extend_from_slice(b"\r\n"),
+            }
         }
     }
     // Ours replaces any `Connection` field the service set.

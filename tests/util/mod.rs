@@ -103,6 +103,25 @@ impl Client {
         }
     }
 
+    /// Reads until the bytes received so far (and kept) contain `needle`.
+    pub fn read_until(&mut self, needle: &[u8]) -> io::Result<&[u8]> {
+        while !self.buf.windows(needle.len()).any(|w| w == needle) {
+            let mut chunk = [0u8; 16 * 1024];
+            match self.stream.read(&mut chunk)? {
+                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "closed")),
+                n => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Ok(&self.buf)
+    }
+
+    /// Everything until the server closes (kept bytes included).
+    pub fn read_to_close(&mut self) -> io::Result<Vec<u8>> {
+        let mut all = std::mem::take(&mut self.buf);
+        self.stream.read_to_end(&mut all)?;
+        Ok(all)
+    }
+
     pub fn reply(&mut self) -> Reply {
         self.reply_to("GET").expect("a reply")
     }
@@ -140,6 +159,14 @@ fn parse_reply(buf: &[u8], head_request: bool) -> io::Result<Option<(Reply, usiz
         .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
         .collect();
     let body_start = end + 4;
+    let no_body = head_request || status == 100 || status == 204 || status == 304;
+    let chunked = headers.iter().any(|(n, v)| {
+        n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+    });
+    if chunked && !no_body {
+        let Some((body, used)) = parse_chunked(&buf[body_start..])? else { return Ok(None) };
+        return Ok(Some((Reply { status, headers, body }, body_start + used)));
+    }
     let length = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
@@ -152,6 +179,32 @@ fn parse_reply(buf: &[u8], head_request: bool) -> io::Result<Option<(Reply, usiz
     }
     let body = buf[body_start..body_start + length].to_vec();
     Ok(Some((Reply { status, headers, body }, body_start + length)))
+}
+
+/// A chunked body at the start of `buf` (no trailers): its bytes and how
+/// much of `buf` it took, `None` if incomplete.
+pub fn parse_chunked(buf: &[u8]) -> io::Result<Option<(Vec<u8>, usize)>> {
+    let invalid = |why: &str| io::Error::new(io::ErrorKind::InvalidData, why.to_string());
+    let (mut body, mut pos) = (Vec::new(), 0);
+    loop {
+        let Some(line_end) = buf[pos..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size = std::str::from_utf8(&buf[pos..pos + line_end]).map_err(|_| invalid("size"))?;
+        let size = usize::from_str_radix(size, 16).map_err(|_| invalid("chunk size"))?;
+        pos += line_end + 2;
+        if buf.len() < pos + size + 2 {
+            return Ok(None);
+        }
+        if &buf[pos + size..pos + size + 2] != b"\r\n" {
+            return Err(invalid("chunk not followed by CRLF"));
+        }
+        body.extend_from_slice(&buf[pos..pos + size]);
+        pos += size + 2;
+        if size == 0 {
+            return Ok(Some((body, pos)));
+        }
+    }
 }
 
 /// One request on a fresh connection; the reply.
