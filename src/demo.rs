@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use vigil::{Request, Response, Service};
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Options {
     pub(crate) demo: bool,
     /// Spin forever on one request in this many.
     pub(crate) chaos_stall: Option<u64>,
+    /// Serve this directory instead of the hello world.
+    pub(crate) root: Option<vigil::files::StaticDir>,
 }
 
 pub(crate) struct App {
@@ -112,6 +114,9 @@ impl Service for App {
         }
         if self.options.demo && self.demo(req, res) {
             return;
+        }
+        if let Some(root) = &self.options.root {
+            return root.serve(req, res);
         }
         res.header("Content-Type", "text/plain").body_static(b"Hello World\n");
     }

@@ -43,6 +43,7 @@ mod config;
 mod conn;
 mod control;
 mod event_loop;
+pub mod files;
 pub mod forensics;
 pub mod handover;
 mod http;

@@ -147,6 +147,9 @@ struct Args {
     /// Add demo routes: /spin, /block?ms=N, /panic, /alloc?mb=N, /free, /work?ms=N, /work-inline?ms=N.
     #[arg(long, env = "VIGIL_DEMO")]
     demo: bool,
+    /// Serve the files of this directory (index.html for a directory) instead of the hello world.
+    #[arg(long, env = "VIGIL_ROOT", value_name = "DIR")]
+    root: Option<std::path::PathBuf>,
     /// Each request spins forever with probability 1/N (e.g. 1/200).
     #[arg(long, env = "VIGIL_CHAOS_STALL", value_parser = chance)]
     chaos_stall: Option<u64>,
@@ -300,12 +303,19 @@ enum RunError {
 }
 
 fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, RunError> {
-    let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall };
+    let root = match &args.root {
+        Some(dir) => Some(
+            vigil::files::StaticDir::new(dir)
+                .map_err(|err| RunError::Usage(format!("--root {}: {err}", dir.display())))?,
+        ),
+        None => None,
+    };
+    let options = demo::Options { demo: args.demo, chaos_stall: args.chaos_stall, root };
     let signals = vigil::signals::SignalWatch::register()
         .map_err(|err| RunError::Start(format!("cannot watch signals: {err}")))?;
     log::info!("vigil {} pid={}", env!("CARGO_PKG_VERSION"), std::process::id());
     let Some(path) = &args.access_log else {
-        let service = move |slot| demo::App::new(slot, options);
+        let service = move |slot| demo::App::new(slot, options.clone());
         return serve(service, config, args, inherited, signals).map_err(RunError::Start);
     };
     let format = args.access_log_format;
@@ -319,7 +329,7 @@ fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, Run
     // method of every path is a route (so its requests are counted by
     // route, `/` apart from the rest) and answers as without the log.
     let demo_call = |app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res);
-    let app = App::with_state(move |slot| demo::App::new(slot, options))
+    let app = App::with_state(move |slot| demo::App::new(slot, options.clone()))
         .any("/", demo_call)
         .any("/{*path}", demo_call)
         .fallback(demo_call)

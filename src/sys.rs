@@ -25,6 +25,23 @@ macro_rules! syscall {
     }};
 }
 
+/// Sends up to `count` bytes of `file` from `*offset` to `socket` without
+/// copying them through user space; moves `*offset` past what was sent.
+/// `WouldBlock` when the (non-blocking) socket is full.
+pub(crate) fn sendfile(
+    socket: RawFd,
+    file: &std::fs::File,
+    offset: &mut u64,
+    count: usize,
+) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut off = libc::off_t::try_from(*offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset out of range"))?;
+    let sent = syscall!(sendfile(socket, file.as_raw_fd(), &mut off, count))?;
+    *offset = off as u64;
+    Ok(sent as usize)
+}
+
 /// Raises the accept backlog of a listening socket (std listens with 128).
 /// Calling `listen` again on a listening socket only updates the backlog.
 pub(crate) fn set_backlog(listener: &TcpListener, backlog: i32) -> io::Result<()> {

@@ -9,6 +9,7 @@ mod util;
 mod admin;
 mod app;
 mod cli;
+mod files;
 mod handoff;
 mod http;
 mod memory;

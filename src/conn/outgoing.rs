@@ -1,16 +1,18 @@
-//! A streamed response body on its way out, after its head: taken from the
-//! producer's queue as the client's socket takes it, and framed.
+//! A response body on its way out after its head: a stream taken from its
+//! producer's queue as the client's socket takes it, and framed; or part
+//! of a file, sent with `sendfile(2)` a slice at a time.
 
 use std::time::Instant;
 
 use super::finish::Finishing;
-use crate::http::response::BodyFraming;
-use crate::http::stream::{End, StreamBody};
+use crate::http::response::{BodyFraming, Source};
+use crate::http::stream::End;
+use crate::sys::{self, RawSocket};
 
-/// One streamed body, the front of its connection's response queue.
+/// One body, the front of its connection's response queue.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
-    stream: Box<StreamBody>,
+    source: Source,
     /// Mail about this stream carries it (connection keys are reused).
     pub(crate) id: u64,
     framing: BodyFraming,
@@ -28,6 +30,8 @@ pub(crate) struct Outgoing {
 pub(crate) enum Pumped {
     /// Nothing to send yet: the producer's next write brings mail.
     Idle,
+    /// The socket is full (a file): its writable event comes back.
+    Blocked,
     /// This many bytes of body were framed into the output.
     Bytes(usize),
     /// The body is whole and framed (its end included).
@@ -39,7 +43,7 @@ pub(crate) enum Pumped {
 
 impl Outgoing {
     pub(crate) fn new(
-        stream: Box<StreamBody>,
+        source: Source,
         id: u64,
         framing: BodyFraming,
         keep_alive: bool,
@@ -48,16 +52,52 @@ impl Outgoing {
     ) -> Outgoing {
         // A body delimited by the close ends the connection.
         let keep_alive = keep_alive && framing != BodyFraming::UntilClose;
-        Outgoing { stream, id, framing, keep_alive, finish, body_bytes: 0, wire_bytes: 0, deadline }
+        Outgoing { source, id, framing, keep_alive, finish, body_bytes: 0, wire_bytes: 0, deadline }
     }
 
-    /// Frames up to about `room` bytes of what the producer wrote into
-    /// `out`.
-    pub(crate) fn pump(&mut self, room: usize, out: &mut Vec<u8>) -> Pumped {
+    pub(crate) fn is_file(&self) -> bool {
+        matches!(self.source, Source::File(_))
+    }
+
+    /// Sends up to about `room` bytes: a stream's framed into `out`, a
+    /// file's straight to `socket` (with `out` empty: everything before it
+    /// is written).
+    pub(crate) fn pump(&mut self, room: usize, out: &mut Vec<u8>, socket: RawSocket) -> Pumped {
+        let stream = match &mut self.source {
+            Source::Stream(stream) => stream,
+            Source::File(file) => {
+                debug_assert!(out.is_empty(), "a file goes out after everything before it");
+                if file.len == 0 {
+                    return Pumped::Done;
+                }
+                let count = usize::try_from(file.len).unwrap_or(usize::MAX).min(room);
+                return match sys::sendfile(socket.0, &file.file, &mut file.offset, count) {
+                    // The file is shorter than it was: the client must
+                    // not take what it got for the whole.
+                    Ok(0) => Pumped::Cut,
+                    Ok(sent) => {
+                        file.len -= sent as u64;
+                        self.body_bytes += sent as u64;
+                        self.wire_bytes += sent as u64;
+                        if file.len == 0 {
+                            Pumped::Done
+                        } else {
+                            Pumped::Bytes(sent)
+                        }
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Pumped::Blocked,
+                    Err(err) if err.kind() == std::io::ErrorKind::Interrupted => Pumped::Bytes(0),
+                    Err(err) => {
+                        log::debug!("sendfile failed: {err}; closing");
+                        Pumped::Cut
+                    }
+                };
+            }
+        };
         let start = out.len();
         let mut overrun = false;
         let framing = &mut self.framing;
-        let taken = self.stream.take(room, |chunk| match framing {
+        let taken = stream.take(room, |chunk| match framing {
             BodyFraming::Chunked => {
                 chunk_size_line(out, chunk.len());
                 out.extend_from_slice(chunk);
@@ -121,20 +161,23 @@ mod tests {
 
     use super::*;
 
+    const NO_SOCKET: RawSocket = RawSocket(-1);
+
     fn outgoing(framing: BodyFraming) -> (Outgoing, crate::http::stream::BodyWriter) {
-        let (stream, writer) = StreamBody::new(None);
-        (Outgoing::new(Box::new(stream), 1, framing, true, None, Instant::now()), writer)
+        let (stream, writer) = crate::http::stream::StreamBody::new(None);
+        let source = Source::Stream(Box::new(stream));
+        (Outgoing::new(source, 1, framing, true, None, Instant::now()), writer)
     }
 
     #[test]
     fn chunks_are_framed_and_the_end_is_the_zero_chunk() {
         let (mut body, mut writer) = outgoing(BodyFraming::Chunked);
         let mut out = Vec::new();
-        assert_eq!(body.pump(1 << 20, &mut out), Pumped::Idle);
+        assert_eq!(body.pump(1 << 20, &mut out, NO_SOCKET), Pumped::Idle);
         writer.write_all(&[b'a'; 26]).unwrap();
-        assert_eq!(body.pump(1 << 20, &mut out), Pumped::Bytes(26));
+        assert_eq!(body.pump(1 << 20, &mut out, NO_SOCKET), Pumped::Bytes(26));
         writer.finish().unwrap();
-        assert_eq!(body.pump(1 << 20, &mut out), Pumped::Done);
+        assert_eq!(body.pump(1 << 20, &mut out, NO_SOCKET), Pumped::Done);
         let mut expected = b"1a\r\n".to_vec();
         expected.extend_from_slice(&[b'a'; 26]);
         expected.extend_from_slice(b"\r\n0\r\n\r\n");
@@ -148,12 +191,12 @@ mod tests {
         writer.write_all(b"12345").unwrap();
         writer.finish().unwrap();
         let mut out = Vec::new();
-        assert_eq!(body.pump(1 << 20, &mut out), Pumped::Cut);
+        assert_eq!(body.pump(1 << 20, &mut out, NO_SOCKET), Pumped::Cut);
 
         let (mut body, mut writer) = outgoing(BodyFraming::Length(3));
         writer.write_all(b"12345").unwrap();
         let mut out = Vec::new();
-        assert_eq!(body.pump(1 << 20, &mut out), Pumped::Done);
+        assert_eq!(body.pump(1 << 20, &mut out, NO_SOCKET), Pumped::Done);
         assert_eq!(out, b"123");
         assert!(!body.keep_alive);
     }
@@ -162,7 +205,7 @@ mod tests {
     fn an_abandoned_writer_cuts_the_body() {
         let (mut body, writer) = outgoing(BodyFraming::Chunked);
         drop(writer);
-        assert_eq!(body.pump(1 << 20, &mut Vec::new()), Pumped::Cut);
+        assert_eq!(body.pump(1 << 20, &mut Vec::new(), NO_SOCKET), Pumped::Cut);
     }
 
     #[test]

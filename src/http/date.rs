@@ -91,7 +91,7 @@ impl DateCache {
 }
 
 /// Formats `secs` since the Unix epoch (at most [`MAX_SECS`]) as IMF-fixdate.
-fn format_imf_fixdate(secs: u64) -> [u8; 29] {
+pub(crate) fn format_imf_fixdate(secs: u64) -> [u8; 29] {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (year, month, day) = civil_from_days(days);
@@ -131,6 +131,51 @@ pub(crate) fn civil_from_days(days: u64) -> (u32, u32, u32) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     (year as u32, month as u32, day as u32)
+}
+
+/// Seconds since the Unix epoch of an IMF-fixdate (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`), the form RFC 9110 has senders use; `None` for anything
+/// else (the obsolete forms included: a condition that cannot be read is
+/// one not given).
+pub(crate) fn parse_imf_fixdate(text: &[u8]) -> Option<u64> {
+    if text.len() != 29 || &text[3..5] != b", " || &text[25..] != b" GMT" {
+        return None;
+    }
+    let number = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = &text[range];
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| digits.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
+    };
+    let day = number(5..7)?;
+    let month = MONTH_NAMES.iter().position(|name| name[..] == text[8..11])? as u64 + 1;
+    let year = number(12..16)?;
+    let (hour, minute, second) = (number(17..19)?, number(20..22)?, number(23..25)?);
+    if text[7] != b' '
+        || text[11] != b' '
+        || text[16] != b' '
+        || text[19] != b':'
+        || text[22] != b':'
+    {
+        return None;
+    }
+    if year < 1970 || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// The inverse of [`civil_from_days`] (Hinnant's `days_from_civil`), for
+/// dates from 1970 on.
+fn days_from_civil(year: u64, month: u64, day: u64) -> u64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year / 400;
+    let yoe = year % 400;
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).saturating_sub(719_468)
 }
 
 #[cfg(test)]
@@ -199,6 +244,16 @@ mod tests {
         assert_eq!(cache.bytes()[0], b'X');
         cache.refresh(t + Duration::from_secs(1));
         assert_eq!(cache.bytes(), b"Sun, 06 Nov 1994 08:49:38 GMT");
+    }
+
+    #[test]
+    fn fixdates_parse_back_to_their_seconds() {
+        for secs in [0, 784_111_777, 951_782_400, 4_102_444_799] {
+            assert_eq!(parse_imf_fixdate(&format_imf_fixdate(secs)), Some(secs), "{secs}");
+        }
+        assert_eq!(parse_imf_fixdate(b"Sunday, 06-Nov-94 08:49:37 GMT"), None);
+        assert_eq!(parse_imf_fixdate(b"Sun, 06 Nov 1994 08:49:37 UTC"), None);
+        assert_eq!(parse_imf_fixdate(b"Sun, 06 Xyz 1994 08:49:37 GMT"), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 pub(crate) mod body;
 pub(crate) mod date;
+pub(crate) mod file;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod stream;

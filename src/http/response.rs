@@ -3,7 +3,9 @@
 use std::borrow::Cow;
 
 use super::date::DateCache;
+use super::file::FileBody;
 use super::is_tchar;
+use super::request::Request;
 use super::stream::{BodyWriter, StreamBody};
 
 /// Work that fills in a response on a pool thread.
@@ -94,10 +96,20 @@ pub(crate) enum Body {
     Owned(Vec<u8>),
     /// Sent as a producer writes it (see `http::stream`).
     Stream(Box<StreamBody>),
+    /// Part of a file, sent with `sendfile(2)` (see `http::file`).
+    File(Box<FileBody>),
 }
 
-/// A streamed body taken from its response, and how it is delimited.
-pub(crate) type Streamed = (Box<StreamBody>, BodyFraming);
+/// A body that is not in memory, sent after its head.
+#[derive(Debug)]
+pub(crate) enum Source {
+    Stream(Box<StreamBody>),
+    File(Box<FileBody>),
+}
+
+/// A body taken from its response to be sent after the head, and how it
+/// is delimited.
+pub(crate) type Streamed = (Source, BodyFraming);
 
 /// How a response's body is delimited on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -153,7 +165,13 @@ impl Response {
 
     /// Sets the body to bytes that live for the whole program (no copy).
     pub fn body_static(&mut self, body: &'static [u8]) -> &mut Self {
-        self.body = Body::Static(body);
+        // In place when the body is static already (as after a reset): an
+        // assignment would call the drop glue of every kind of body, 15
+        // instructions a request.
+        match &mut self.body {
+            Body::Static(bytes) => *bytes = body,
+            other => *other = Body::Static(body),
+        }
         self
     }
 
@@ -166,12 +184,12 @@ impl Response {
     /// The body as a growable buffer, for writing into it.
     pub fn body_mut(&mut self) -> &mut Vec<u8> {
         if !matches!(self.body, Body::Owned(_)) {
-            // A stream's body is not here: it starts empty.
+            // A stream's or a file's body is not here: it starts empty.
             self.body = Body::Owned(self.body_bytes().to_vec());
         }
         match &mut self.body {
             Body::Owned(vec) => vec,
-            Body::Static(_) | Body::Stream(_) => unreachable!("replaced just above"),
+            _ => unreachable!("replaced just above"),
         }
     }
 
@@ -233,6 +251,26 @@ impl Response {
             // Otherwise dropped unfinished: cut short.
         }));
         self
+    }
+
+    /// Sends `file` as the body, as `req` asks: the whole file (200), the
+    /// one byte range of a `Range` field (206; 416 outside the file; more
+    /// than one range gets the whole file), or nothing if the client's
+    /// copy is current (304 on `If-None-Match` or `If-Modified-Since`).
+    /// Sets `Content-Length`, `ETag`, `Last-Modified` and `Accept-Ranges`;
+    /// `Content-Type` is the caller's.
+    ///
+    /// The loop sends the file with `sendfile(2)`, in slices, so one
+    /// download does not starve the loop's other connections; the file is
+    /// not read into memory. `Err` when the file's metadata cannot be read
+    /// or it is not a regular file (nothing was changed then).
+    pub fn send_file(
+        &mut self,
+        req: &Request<'_>,
+        file: std::fs::File,
+    ) -> std::io::Result<&mut Self> {
+        super::file::respond(req, self, file)?;
+        Ok(self)
     }
 
     fn stream_body(&mut self, length: Option<u64>) -> BodyWriter {
@@ -335,7 +373,7 @@ impl Response {
         match &self.body {
             Body::Static(bytes) => bytes,
             Body::Owned(vec) => vec,
-            Body::Stream(_) => b"",
+            Body::Stream(_) | Body::File(_) => b"",
         }
     }
 
@@ -350,6 +388,7 @@ impl Response {
         self.close = false;
         self.producer = None;
         match &mut self.body {
+            Body::Static(bytes) => *bytes = b"",
             Body::Owned(vec) if vec.capacity() <= 64 * 1024 => vec.clear(),
             body => *body = Body::Static(b""),
         }
@@ -416,20 +455,23 @@ pub(crate) fn encode_streamed(
     date: &DateCache,
     out: &mut Vec<u8>,
 ) -> (bool, Option<Streamed>) {
-    let Body::Stream(stream) = &res.body else {
-        return (encode(res, enc, date, out), None);
-    };
-    let framing = match stream.length {
-        Some(len) => BodyFraming::Length(len),
-        None if enc.http10 => BodyFraming::UntilClose,
-        None => BodyFraming::Chunked,
+    let framing = match &res.body {
+        Body::Stream(stream) => match stream.length {
+            Some(len) => BodyFraming::Length(len),
+            None if enc.http10 => BodyFraming::UntilClose,
+            None => BodyFraming::Chunked,
+        },
+        Body::File(file) => BodyFraming::Length(file.len),
+        Body::Static(_) | Body::Owned(_) => return (encode(res, enc, date, out), None),
     };
     match encode_head(res, enc, framing, date, out) {
         Ok(keep_alive) if is_framed(res.status) && !enc.head_request => {
-            let Body::Stream(stream) = std::mem::replace(&mut res.body, Body::Static(b"")) else {
-                unreachable!("matched above")
+            let source = match std::mem::replace(&mut res.body, Body::Static(b"")) {
+                Body::Stream(stream) => Source::Stream(stream),
+                Body::File(file) => Source::File(file),
+                Body::Static(_) | Body::Owned(_) => unreachable!("matched above"),
             };
-            (keep_alive, Some((stream, framing)))
+            (keep_alive, Some((source, framing)))
         }
         Ok(keep_alive) | Err(keep_alive) => (keep_alive, None),
     }
