@@ -156,7 +156,7 @@ fn a_download_nobody_reads_does_not_hold_up_the_loop() {
     }
     // The rest arrives whole once the client reads.
     let mut all = first.to_vec();
-    let head_end = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head_end = util::body_start(&all);
     let mut rest = vec![0u8; big.len() + head_end - all.len()];
     slow.read_exact(&mut rest).unwrap();
     all.extend_from_slice(&rest);

@@ -235,7 +235,7 @@ fn a_producer_that_panics_on_the_pool_cuts_the_response_and_the_pool_goes_on() {
     let mut client = Client::new(h.server.local_addr());
     client.send(b"GET /pool-panic HTTP/1.1\r\nHost: t\r\n\r\n");
     let all = client.read_to_close().unwrap();
-    let (head, body) = all.split_at(all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4);
+    let (head, body) = all.split_at(util::body_start(&all));
     assert!(String::from_utf8_lossy(head).contains("Transfer-Encoding: chunked"));
     assert!(util::parse_chunked(body).unwrap().is_none(), "no final chunk: {body:?}");
     assert!(body.windows(7).any(|w| w == b"partial"));
@@ -259,7 +259,7 @@ fn a_sized_stream_has_a_content_length_and_one_that_falls_short_is_cut() {
     let mut client = Client::new(h.server.local_addr());
     client.send(b"GET /short HTTP/1.1\r\nHost: t\r\n\r\n");
     let all = client.read_to_close().unwrap();
-    let body = &all[all.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..];
+    let body = &all[util::body_start(&all)..];
     assert_eq!(body, b"01234", "closed after the 5 bytes there were");
 }
 
@@ -273,11 +273,7 @@ fn a_stream_with_nothing_to_send_for_its_idle_timeout_is_cut() {
     client.read_until(b"first").unwrap();
     // The producer waits for a go that does not come: the loop gives up.
     let rest = client.read_to_close().unwrap();
-    assert!(util::parse_chunked(
-        &rest[rest.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4..]
-    )
-    .unwrap()
-    .is_none());
+    assert!(util::parse_chunked(&rest[util::body_start(&rest)..]).unwrap().is_none());
     h.go.send(()).unwrap();
     let err = h.ended.recv_timeout(WAIT).unwrap().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);

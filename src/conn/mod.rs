@@ -827,7 +827,7 @@ impl Conn {
         cx: &mut LoopContext<F>,
     ) -> Next {
         let (draining, date, shared, now) = (cx.draining, &cx.date, &cx.shared, cx.now);
-        // Should the work's response stream its body.
+        // The id its body streams under, should the response have one.
         let id = cx.next_job_id;
         cx.next_job_id += 1;
         let notify = Notify { mail: cx.mail.clone(), waker: cx.waker.clone(), conn: self.key, id };

@@ -207,6 +207,12 @@ pub fn parse_chunked(buf: &[u8]) -> io::Result<Option<(Vec<u8>, usize)>> {
     }
 }
 
+/// Where the body starts in raw response bytes: just past the head's
+/// blank line.
+pub fn body_start(raw: &[u8]) -> usize {
+    raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head") + 4
+}
+
 /// One request on a fresh connection; the reply.
 pub fn get(addr: SocketAddr, path: &str) -> io::Result<Reply> {
     let mut client = Client { stream: TcpStream::connect(addr)?, buf: Vec::new() };
