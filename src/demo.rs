@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use vigil::{Request, Response, Service};
+use std::io::{Read, Write};
+
+use vigil::{BodyPolicy, Request, Response, Service};
 
 #[derive(Clone, Debug)]
 pub(crate) struct Options {
@@ -70,6 +72,23 @@ impl App {
                 burn_cpu(Duration::from_millis(ms));
                 res.body(format!("worked {ms} ms inline\n"));
             }
+            "/upload" => {
+                let Some(body) = req.body_reader() else {
+                    res.status(400).body_static(b"POST or PUT a body to /upload\n");
+                    return true;
+                };
+                res.offload(move |res| match store(body) {
+                    Ok((bytes, hash)) => {
+                        res.body(format!("received {bytes} bytes fnv1a64={hash:016x}\n"));
+                    }
+                    Err(err) => {
+                        let status =
+                            if err.kind() == std::io::ErrorKind::InvalidInput { 413 } else { 400 };
+                        res.status(status).body(format!("upload failed: {err}\n"));
+                    }
+                });
+                return true;
+            }
             "/free" => {
                 self.hoard = Vec::new();
                 res.body_static(b"freed\n");
@@ -78,6 +97,30 @@ impl App {
         }
         res.header("Content-Type", "text/plain");
         true
+    }
+}
+
+/// Writes a streamed body to a temporary file (removed at once, so that
+/// it goes when the handle does) and hashes it (FNV-1a, 64 bits), so that a
+/// client can check what arrived.
+fn store(mut body: vigil::BodyReader) -> std::io::Result<(u64, u64)> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("vigil-upload-{}-{n}", std::process::id()));
+    let mut file = std::fs::File::create(&path)?;
+    std::fs::remove_file(&path)?;
+    let (mut bytes, mut hash) = (0u64, 0xcbf2_9ce4_8422_2325u64);
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        let n = body.read(&mut buf)?;
+        if n == 0 {
+            return Ok((bytes, hash));
+        }
+        for &b in &buf[..n] {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        file.write_all(&buf[..n])?;
+        bytes += n as u64;
     }
 }
 
@@ -104,6 +147,10 @@ impl Service for App {
     /// Inlined: the binary calls it from two service stacks (bare, and
     /// behind the access log), and LLVM would otherwise keep one shared
     /// copy out of line, costing the bare stack 25 instructions a request.
+    fn body_policy(&mut self, req: &Request<'_>) -> Option<BodyPolicy> {
+        (self.options.demo && req.path() == "/upload").then_some(BodyPolicy::Stream(u64::MAX))
+    }
+
     #[inline(always)]
     fn call(&mut self, req: &Request<'_>, res: &mut Response) {
         if let Some(n) = self.options.chaos_stall {

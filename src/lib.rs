@@ -66,6 +66,7 @@ pub use config::{
 pub use control::{Control, LoopSnapshot, OffloadSnapshot, Snapshot, UnknownSlot};
 pub use handover::{InheritError, Inherited};
 pub use http::stream::{BodyWriter, STREAM_QUEUE_BYTES};
+pub use http::upload::{BodyPolicy, BodyReader, UPLOAD_QUEUE_BYTES};
 pub use http::{Finished, Limits, Request, Response, Version, MAX_HEADERS_CAP};
 pub use memory::{ArenaStats, ProcessMemory};
 pub use panics::quiet_handler_panics;
@@ -133,6 +134,7 @@ pub mod __bench {
             route: None,
             socket: None,
             received: Some(std::time::Instant::now()),
+            upload: None,
         };
         res.reset();
         service.call(&req, res);

@@ -144,7 +144,7 @@ struct Args {
     /// Read the admin token from this file (first line), so it does not show in /proc/PID/cmdline.
     #[arg(long, env = "VIGIL_ADMIN_TOKEN_FILE")]
     admin_token_file: Option<std::path::PathBuf>,
-    /// Add demo routes: /spin, /block?ms=N, /panic, /alloc?mb=N, /free, /work?ms=N, /work-inline?ms=N.
+    /// Add demo routes: /spin, /block?ms=N, /panic, /alloc?mb=N, /free, /work?ms=N, /work-inline?ms=N, /upload (a streamed body written to a temporary file).
     #[arg(long, env = "VIGIL_DEMO")]
     demo: bool,
     /// Serve the files of this directory (index.html for a directory) instead of the hello world.
@@ -329,7 +329,12 @@ fn run(config: Config, args: &Args, inherited: Inherited) -> Result<Outcome, Run
     // method of every path is a route (so its requests are counted by
     // route, `/` apart from the rest) and answers as without the log.
     let demo_call = |app: &mut demo::App, req: &Request<'_>, res: &mut Response| app.call(req, res);
-    let app = App::with_state(move |slot| demo::App::new(slot, options.clone()))
+    let demo = args.demo;
+    let mut app = App::with_state(move |slot| demo::App::new(slot, options.clone()));
+    if demo {
+        app = app.any("/upload", demo_call).with_body(vigil::BodyPolicy::Stream(u64::MAX));
+    }
+    let app = app
         .any("/", demo_call)
         .any("/{*path}", demo_call)
         .fallback(demo_call)

@@ -32,12 +32,14 @@ pub(crate) struct Job {
     pub(crate) id: u64,
 }
 
-/// What a loop's mailbox brings: offloaded work done, or a streamed body
-/// with something to send (see `http::stream`).
+/// What a loop's mailbox brings: offloaded work done, a streamed body
+/// with something to send (see `http::stream`), or an upload's reader that
+/// made room or went away (see `http::upload`).
 #[derive(Debug)]
 pub(crate) enum Mail {
     Done(Completion),
     Body { conn: usize, id: u64 },
+    Upload { conn: usize, id: u64 },
 }
 
 /// What the pool runs: a job whose response goes back to its loop, or a

@@ -1,7 +1,7 @@
 //! The user's side: a [`Service`] answers requests; a [`ServiceFactory`]
 //! makes one per loop, so per-loop state needs no locks.
 
-use crate::{Request, Response};
+use crate::{BodyPolicy, Request, Response};
 
 /// Answers requests. One instance lives in each loop; it is rebuilt from its
 /// factory when a call panics.
@@ -14,6 +14,19 @@ use crate::{Request, Response};
 pub trait Service {
     /// Fills in `res` for `req`. `res` starts as `200`, no headers, empty body.
     fn call(&mut self, req: &Request<'_>, res: &mut Response);
+
+    /// How the body of `req` is received, asked once its head is in and
+    /// only when it has a body (`req.body()` is empty here). `None`, the
+    /// default: buffered up to the server's
+    /// [`Limits::max_body_bytes`](crate::Limits::max_body_bytes).
+    ///
+    /// [`BodyPolicy::Stream`] calls [`call`](Self::call) at once, before
+    /// any of the body is read (after `100 Continue`, when the client
+    /// asked for one), and the handler reads the body through
+    /// [`Request::body_reader`] as it arrives.
+    fn body_policy(&mut self, _req: &Request<'_>) -> Option<BodyPolicy> {
+        None
+    }
 }
 
 /// Makes the [`Service`] of each loop (and of each replacement loop).

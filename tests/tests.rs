@@ -15,5 +15,7 @@ mod http;
 mod memory;
 mod offload;
 mod stream;
+
 mod supervisor;
 mod upgrade;
+mod upload;

@@ -49,7 +49,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::{Request, Response, Service, ServiceFactory};
+use crate::{BodyPolicy, Request, Response, Service, ServiceFactory};
 use metrics::Recorder;
 pub use metrics::STATUS_CLASSES;
 
@@ -203,14 +203,25 @@ impl std::error::Error for RouteError {}
 /// An application being put together: routes, middleware, a fallback.
 pub struct App<S = ()> {
     state: Box<dyn Fn(usize) -> S + Send + Sync>,
-    routes: Vec<(String, String, BoxedHandler<S>)>,
+    routes: Vec<RouteSpec<S>>,
     layers: Vec<Box<dyn Layer>>,
     fallback: Option<BoxedHandler<S>>,
+    /// `with_body` came before any route.
+    orphan_body_policy: bool,
+}
+
+/// A route as added, before `build` checks it.
+struct RouteSpec<S> {
+    method: String,
+    pattern: String,
+    handler: BoxedHandler<S>,
+    body: Option<BodyPolicy>,
 }
 
 impl<S> fmt::Debug for App<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let routes: Vec<String> = self.routes.iter().map(|(m, p, _)| format!("{m} {p}")).collect();
+        let routes: Vec<String> =
+            self.routes.iter().map(|r| format!("{} {}", r.method, r.pattern)).collect();
         f.debug_struct("App")
             .field("routes", &routes)
             .field("middleware", &self.layers.len())
@@ -236,14 +247,65 @@ impl<S: 'static> App<S> {
     /// (called on each loop's thread with its slot, and again for each
     /// replacement loop): no lock is needed to use it.
     pub fn with_state(state: impl Fn(usize) -> S + Send + Sync + 'static) -> App<S> {
-        App { state: Box::new(state), routes: Vec::new(), layers: Vec::new(), fallback: None }
+        App {
+            state: Box::new(state),
+            routes: Vec::new(),
+            layers: Vec::new(),
+            fallback: None,
+            orphan_body_policy: false,
+        }
     }
 
     /// Routes `method` requests for `pattern` to `handler`. Patterns are
     /// matchit's: `/users/{id}` (one segment), `/static/{*path}` (the rest
     /// of the path).
     pub fn route<K>(mut self, method: &str, pattern: &str, handler: impl Handler<S, K>) -> Self {
-        self.routes.push((method.to_string(), pattern.to_string(), boxed(handler)));
+        self.routes.push(RouteSpec {
+            method: method.to_string(),
+            pattern: pattern.to_string(),
+            handler: boxed(handler),
+            body: None,
+        });
+        self
+    }
+
+    /// How the route added last takes its request bodies (the server's
+    /// `max_body_bytes`, buffered, unless set):
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use vigil::app::App;
+    /// use vigil::{BodyPolicy, Request, Response};
+    ///
+    /// fn upload(req: &Request<'_>, res: &mut Response) {
+    ///     let Some(mut body) = req.body_reader() else {
+    ///         res.status(400).body_static(b"a body, please\n");
+    ///         return;
+    ///     };
+    ///     // Read on the offload pool: the loop goes on serving meanwhile,
+    ///     // and reads the socket only as fast as this reads the body.
+    ///     res.offload(move |res| match std::io::copy(&mut body, &mut std::io::sink()) {
+    ///         Ok(n) => { res.body(format!("{n} bytes\n")); }
+    ///         Err(e) => { res.status(400).body(format!("{e}\n")); }
+    ///     });
+    /// }
+    ///
+    /// let app = App::new()
+    ///     .post("/upload", upload)
+    ///     .with_body(BodyPolicy::Stream(u64::MAX))
+    ///     .post("/comments", |_req: &Request<'_>, res: &mut Response| {
+    ///         res.body_static(b"thanks\n");
+    ///     })
+    ///     .with_body(BodyPolicy::Buffer(16 * 1024))
+    ///     .build()
+    ///     .expect("routes are valid");
+    /// # drop(app);
+    /// ```
+    pub fn with_body(mut self, policy: BodyPolicy) -> Self {
+        match self.routes.last_mut() {
+            Some(route) => route.body = Some(policy),
+            None => self.orphan_body_policy = true,
+        }
         self
     }
 
@@ -302,9 +364,16 @@ impl<S: 'static> App<S> {
     /// patterns that conflict, the same method twice on one path or an
     /// invalid method token is an error.
     pub fn build(self) -> Result<AppFactory<S>, RouteError> {
+        if self.orphan_body_policy {
+            return Err(RouteError {
+                route: "with_body".into(),
+                reason: "with_body follows the route it applies to".into(),
+            });
+        }
         let mut router = matchit::Router::new();
         let mut paths: Vec<PathRoutes<S>> = Vec::new();
-        for (method, pattern, handler) in self.routes {
+        let body_policies = self.routes.iter().any(|route| route.body.is_some());
+        for RouteSpec { method, pattern, handler, body } in self.routes {
             let refuse =
                 |reason: String| RouteError { route: format!("{method} {pattern}"), reason };
             let token = !method.is_empty() && method.bytes().all(crate::http::is_tchar);
@@ -329,13 +398,14 @@ impl<S: 'static> App<S> {
                 }
             };
             let path = &mut paths[index];
-            if path.methods.iter().any(|(m, _)| *m == method) {
+            if path.methods.iter().any(|route| route.method == method) {
                 return Err(refuse("routed twice".into()));
             }
-            path.methods.push((method, handler));
+            path.methods.push(Route { method, handler, body });
         }
         for path in &mut paths {
-            let methods = path.methods.iter().map(|(m, _)| m.as_str()).filter(|m| *m != ANY_METHOD);
+            let methods =
+                path.methods.iter().map(|route| route.method.as_str()).filter(|m| *m != ANY_METHOD);
             path.allow = allow_header(methods);
         }
         let fallback = self.fallback.unwrap_or_else(|| boxed(not_found));
@@ -348,6 +418,7 @@ impl<S: 'static> App<S> {
                 fallback,
                 state: self.state,
                 counters: metrics::RouteMetrics::new(patterns),
+                body_policies,
             }),
         })
     }
@@ -380,17 +451,31 @@ fn allow_header<'a>(methods: impl Iterator<Item = &'a str> + Clone) -> String {
 /// The handlers of one path pattern.
 struct PathRoutes<S> {
     pattern: String,
-    methods: Vec<(String, BoxedHandler<S>)>,
+    methods: Vec<Route<S>>,
     allow: String,
 }
 
+/// One method's route on a path.
+struct Route<S> {
+    method: String,
+    handler: BoxedHandler<S>,
+    body: Option<BodyPolicy>,
+}
+
 impl<S> PathRoutes<S> {
-    fn handler(&self, method: &str) -> Option<&BoxedHandler<S>> {
+    fn route(&self, method: &str) -> Option<&Route<S>> {
         // Compared a byte at a time: a method is a few bytes, where a call
         // to memcmp costs more than the comparison.
         let same =
             |m: &str| m.len() == method.len() && m.bytes().zip(method.bytes()).all(|(a, b)| a == b);
-        self.methods.iter().find(|(m, _)| same(m)).map(|(_, h)| h)
+        self.methods.iter().find(|route| same(&route.method))
+    }
+
+    /// The route that answers `method`, as `Routes::endpoint` picks it.
+    fn answering(&self, method: &str) -> Option<&Route<S>> {
+        self.route(method)
+            .or_else(|| if method == "HEAD" { self.route("GET") } else { None })
+            .or_else(|| self.route(ANY_METHOD))
     }
 }
 
@@ -402,6 +487,8 @@ struct Routes<S> {
     fallback: BoxedHandler<S>,
     state: Box<dyn Fn(usize) -> S + Send + Sync>,
     counters: Arc<metrics::RouteMetrics>,
+    /// Some route has a body policy of its own.
+    body_policies: bool,
 }
 
 impl<S> Routes<S> {
@@ -412,16 +499,8 @@ impl<S> Routes<S> {
             return (self.fallback)(state, req, res);
         };
         let method = req.method();
-        if let Some(handler) = path.handler(method) {
-            return handler(state, req, res);
-        }
-        if method == "HEAD" {
-            if let Some(handler) = path.handler("GET") {
-                return handler(state, req, res);
-            }
-        }
-        if let Some(handler) = path.handler(ANY_METHOD) {
-            return handler(state, req, res);
+        if let Some(route) = path.answering(method) {
+            return (route.handler)(state, req, res);
         }
         if method == "OPTIONS" {
             res.status(204).header("Allow", path.allow.clone());
@@ -482,6 +561,15 @@ impl<S> fmt::Debug for AppService<S> {
 }
 
 impl<S: 'static> Service for AppService<S> {
+    fn body_policy(&mut self, req: &Request<'_>) -> Option<BodyPolicy> {
+        let routes = &*self.routes;
+        if !routes.body_policies {
+            return None;
+        }
+        let index = *routes.router.at(req.path()).ok()?.value;
+        routes.paths[index].answering(req.method())?.body
+    }
+
     fn call(&mut self, req: &Request<'_>, res: &mut Response) {
         let routes = &*self.routes;
         let found = routes.router.at(req.path()).ok();

@@ -87,6 +87,7 @@ fn middleware_runs_in_order_around_the_handler_with_its_own_state() {
         route: None,
         socket: None,
         received: None,
+        upload: None,
     };
     service.call(&req, &mut Response::new());
     service.call(&req, &mut Response::new());

@@ -89,6 +89,15 @@ impl<F: ServiceFactory> LoopContext<F> {
         outcome
     }
 
+    /// The service's policy for the body of `req`, whose head is in.
+    pub(crate) fn ask_body_policy(
+        &mut self,
+        req: &Request<'_>,
+    ) -> Result<Option<crate::BodyPolicy>, Panic> {
+        let service = &mut self.service;
+        panic::catch_unwind(AssertUnwindSafe(|| service.body_policy(req)))
+    }
+
     /// The loop learns it was handed off (after a service call, or before
     /// it polls again). The first time, the request that caused it has
     /// just finished: its duration goes to the histogram.

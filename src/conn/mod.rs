@@ -25,11 +25,12 @@ use crate::http::body::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{self, Body, BodyFraming, Encoding, Producer, Source, Work, CONTINUE};
 use crate::http::stream::Notify;
+use crate::http::upload::{Fed, ReaderSlot, Upload};
 use crate::http::{Reject, MAX_HEADERS_CAP};
 use crate::offload::{Completion, Job};
 use crate::shared::{panic_message, SharedSocket};
 use crate::sys::IoVerdict;
-use crate::{Request, Response, ServiceFactory};
+use crate::{BodyPolicy, Request, Response, ServiceFactory};
 pub(crate) use context::LoopContext;
 use finish::{Finishing, Watch};
 pub(crate) use io::refuse_over_limit;
@@ -84,6 +85,9 @@ enum Timer {
     Offload,
     /// Closing gracefully, waiting for the client's FIN: close.
     Linger,
+    /// A streamed body is being received and nothing else is waiting: cut
+    /// at it, unless the upload moved meanwhile.
+    Upload,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -115,6 +119,10 @@ pub(crate) struct Conn {
     written: usize,
     chunked: Option<ChunkedBody>,
     sent_continue: bool,
+    /// How the body of the request being received is taken, once asked.
+    policy: Option<BodyPolicy>,
+    /// The streamed body being received, on a `BodyPolicy::Stream` route.
+    upload: Option<Box<Upload>>,
     closing: Closing,
     /// Reading stopped because the client is not reading its responses.
     read_paused: bool,
@@ -149,6 +157,8 @@ impl Conn {
             written: 0,
             chunked: None,
             sent_continue: false,
+            policy: None,
+            upload: None,
             closing: Closing::Open,
             read_paused: false,
             peer_closed: false,
@@ -171,6 +181,7 @@ impl Conn {
             && self.output.is_empty()
             && self.queue.is_empty()
             && self.chunked.is_none()
+            && self.upload.is_none()
     }
 
     /// Brings an idle connection's deadline forward to `at` (draining).
@@ -196,6 +207,7 @@ impl Conn {
             if self.closing == Closing::AfterWrite
                 || self.output_backlog(cx) > OUTPUT_HIGH_WATER
                 || self.queue.len() >= MAX_PENDING_RESPONSES
+                || self.upload.as_ref().is_some_and(|upload| upload.blocked)
             {
                 self.read_paused = true;
                 break;
@@ -210,6 +222,16 @@ impl Conn {
                 Ok(ReadResult::Eof) => {
                     if self.closing == Closing::Lingering {
                         return Next::Close;
+                    }
+                    if let Some(upload) = self.upload.take() {
+                        // Its response, if still to come, is the handler's
+                        // to give: it hears of the end from its reader.
+                        upload.fail(
+                            std::io::ErrorKind::UnexpectedEof,
+                            "the client closed before the body ended",
+                        );
+                        self.closing = Closing::AfterWrite;
+                        break;
                     }
                     // The client sent all it will: answer what was complete,
                     // and say so if a request was cut short.
@@ -292,6 +314,19 @@ impl Conn {
                 }
                 self.release_queue(cx);
                 self.flush_and_resume(scratch, cx)
+            }
+            Timer::Upload => {
+                log::debug!(
+                    "loop {} streamed request body cut: no progress within its timeout",
+                    cx.shared.name()
+                );
+                if let Some(upload) = self.upload.take() {
+                    upload.fail(
+                        std::io::ErrorKind::TimedOut,
+                        "no body bytes arrived within the stream idle timeout",
+                    );
+                }
+                Next::Close
             }
             Timer::Request => {
                 cx.count_rejected();
@@ -385,6 +420,14 @@ impl Conn {
             && !cx.abandoned
             && self.output_backlog(cx) <= OUTPUT_HIGH_WATER
         {
+            if self.upload.is_some() {
+                let (consumed, whole) = self.feed_upload(&buf[pos..], cx);
+                pos += consumed;
+                if !whole {
+                    break;
+                }
+                continue;
+            }
             let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
             let head =
                 match parse_head(&buf[pos..], &mut headers[..cx.limits.max_headers], &cx.limits) {
@@ -400,6 +443,18 @@ impl Conn {
                 };
             let body_start = pos + head.len;
             let available = &buf[body_start..];
+            let limit = match head.framing {
+                Framing::Empty => 0,
+                _ => match self.body_policy(&head, cx) {
+                    Some(BodyPolicy::Buffer(limit)) => limit,
+                    Some(BodyPolicy::Stream(limit)) => {
+                        self.start_upload(&head, limit, cx);
+                        pos = body_start;
+                        continue;
+                    }
+                    Some(BodyPolicy::Refuse) | None => return buf.len(), // refused
+                },
+            };
             let consumed = match head.framing {
                 Framing::Empty => {
                     self.dispatch(&head, &[], cx);
@@ -415,7 +470,7 @@ impl Conn {
                     self.dispatch(&head, &available[..len], cx);
                     len
                 }
-                Framing::Chunked => match self.decode_chunked(available, cx) {
+                Framing::Chunked => match self.decode_chunked(available, limit, cx) {
                     Ok(Some(body)) => {
                         self.dispatch(&head, &body.decoded, cx);
                         body.fed
@@ -432,6 +487,7 @@ impl Conn {
             };
             pos = body_start + consumed;
             self.sent_continue = false;
+            self.policy = None;
             self.after_request(cx);
         }
         if self.closing != Closing::Open {
@@ -449,7 +505,10 @@ impl Conn {
     }
 
     fn after_request<F: ServiceFactory>(&mut self, cx: &LoopContext<F>) {
-        if self.queue.is_empty() {
+        if self.upload.is_some() && self.queue.is_empty() {
+            self.timer = Timer::Upload;
+            self.deadline = cx.now + cx.stream_idle_timeout;
+        } else if self.queue.is_empty() {
             self.timer = Timer::Idle;
             self.deadline = cx.now + cx.keep_alive_timeout;
         } else {
@@ -516,10 +575,196 @@ impl Conn {
         };
     }
 
+    /// How the body of the request in `head` is taken: the service's
+    /// policy, asked once per request, or the server's limit. `None` when
+    /// the request was refused instead (413 before the body is read, so
+    /// before `100 Continue`; 500 when the service panicked).
+    fn body_policy<F: ServiceFactory>(
+        &mut self,
+        head: &Head<'_, '_>,
+        cx: &mut LoopContext<F>,
+    ) -> Option<BodyPolicy> {
+        let policy = match self.policy {
+            Some(policy) => policy,
+            None => {
+                let req = Request {
+                    method: head.method,
+                    path: head.path,
+                    query: head.query,
+                    version: head.version,
+                    headers: head.headers,
+                    body: &[],
+                    params: None,
+                    route: None,
+                    socket: Some(&self.socket),
+                    received: Some(cx.now),
+                    upload: None,
+                };
+                match cx.ask_body_policy(&req) {
+                    Ok(policy) => policy.unwrap_or(BodyPolicy::Buffer(cx.limits.max_body_bytes)),
+                    Err(payload) => {
+                        cx.handler_panicked(head.method, head.path, &payload);
+                        self.reject(Reject::new(500, "the body policy panicked"), cx);
+                        return None;
+                    }
+                }
+            }
+        };
+        let limit = match policy {
+            BodyPolicy::Buffer(limit) => limit as u64,
+            BodyPolicy::Stream(limit) => limit,
+            BodyPolicy::Refuse => 0,
+        };
+        let refused = match head.framing {
+            _ if policy == BodyPolicy::Refuse => Some("this resource takes no request body"),
+            Framing::Length(len) if len > limit => Some("Content-Length over the body limit"),
+            _ => None,
+        };
+        if let Some(why) = refused {
+            self.reject(Reject::new(413, why), cx);
+            return None;
+        }
+        self.policy = Some(policy);
+        Some(policy)
+    }
+
+    /// The head of a request whose body streams is in: the handler runs
+    /// now, with the body's reader to take. A reader it leaves, or drops
+    /// before the end, means the rest of the body is not wanted: the
+    /// connection closes after the response.
+    ///
+    /// `100 Continue` goes out before the handler runs, when the client
+    /// asked for it: a handler that refuses the body without reading it
+    /// lets the client send some of it for nothing (a route that must
+    /// refuse before the body starts does so in `Service::body_policy`).
+    fn start_upload<F: ServiceFactory>(
+        &mut self,
+        head: &Head<'_, '_>,
+        limit: u64,
+        cx: &mut LoopContext<F>,
+    ) {
+        if head.expect_continue && !self.sent_continue {
+            let start = cx.out.len();
+            cx.out.extend_from_slice(CONTINUE);
+            self.queue_if_behind_offload(start, true, None, cx);
+            self.sent_continue = true;
+        }
+        let id = cx.next_job_id;
+        cx.next_job_id += 1;
+        let notify = Notify { mail: cx.mail.clone(), waker: cx.waker.clone(), conn: self.key, id };
+        let length = match head.framing {
+            Framing::Length(len) => Some(len),
+            _ => None,
+        };
+        let (mut upload, reader) = Upload::new(length, limit, notify, cx.stream_idle_timeout);
+        let slot = ReaderSlot::new(reader);
+        self.dispatch_with(head, &[], Some(&slot), cx);
+        let left = slot.take();
+        if cx.abandoned {
+            return; // the response has nowhere to go
+        }
+        self.sent_continue = false;
+        self.policy = None;
+        if left.is_some() || upload.reader_gone() {
+            drop(left);
+            return self.refuse_rest_of_body(cx);
+        }
+        // A closing response waits for the body: the reader has it to read.
+        upload.close_after = self.closing == Closing::AfterWrite;
+        self.closing = Closing::Open;
+        self.upload = Some(Box::new(upload));
+        self.after_request(cx);
+    }
+
+    /// Feeds the streamed body what of `input` it takes; returns how many
+    /// bytes it took, and whether the body is over (the rest is the next
+    /// request's).
+    fn feed_upload<F: ServiceFactory>(
+        &mut self,
+        input: &[u8],
+        cx: &mut LoopContext<F>,
+    ) -> (usize, bool) {
+        let Some(upload) = &mut self.upload else { return (0, true) };
+        let (consumed, fed) = upload.feed(input, cx.limits.max_head_bytes);
+        if consumed > 0 && self.timer == Timer::Upload {
+            self.deadline = cx.now + cx.stream_idle_timeout;
+        }
+        match fed {
+            Fed::Whole => {
+                let close = upload.close_after;
+                self.upload = None;
+                if close {
+                    self.closing = Closing::AfterWrite;
+                }
+                self.after_request(cx);
+                (consumed, !close)
+            }
+            Fed::More | Fed::Full => (consumed, false),
+            Fed::ReaderGone => {
+                self.refuse_rest_of_body(cx);
+                (consumed, false)
+            }
+            Fed::Failed(reject) => {
+                log::debug!(
+                    "loop {} streamed request body refused status={} reason={:?}",
+                    cx.shared.name(),
+                    reject.status,
+                    reject.why
+                );
+                cx.count_rejected();
+                self.refuse_rest_of_body(cx);
+                (consumed, false)
+            }
+        }
+    }
+
+    /// The rest of a streamed body will not be read (its reader is gone,
+    /// or it broke its framing): the response, if any, is the handler's;
+    /// the connection closes after it, lingering so that the client's
+    /// unread bytes do not reset it.
+    fn refuse_rest_of_body<F: ServiceFactory>(&mut self, cx: &mut LoopContext<F>) {
+        self.upload = None;
+        self.policy = None;
+        self.closing = Closing::AfterWrite;
+        if self.queue.is_empty() {
+            self.timer = Timer::Linger;
+            self.deadline = cx.now + LINGER_TIMEOUT;
+        }
+    }
+
+    /// An upload's reader made room, or went away.
+    pub(crate) fn on_upload_mail<F: ServiceFactory>(
+        &mut self,
+        id: u64,
+        scratch: &mut [u8],
+        cx: &mut LoopContext<F>,
+    ) -> Next {
+        let Some(upload) = &mut self.upload else { return Next::Wait };
+        if upload.id != id {
+            return Next::Wait; // an older upload's, or an older connection's
+        }
+        if upload.reader_gone() {
+            self.refuse_rest_of_body(cx);
+            self.input = Vec::new();
+            return self.flush(cx);
+        }
+        if self.timer == Timer::Upload {
+            self.deadline = cx.now + cx.stream_idle_timeout;
+        }
+        if !std::mem::take(&mut upload.blocked) {
+            return Next::Wait;
+        }
+        // What was read past the full queue goes first, then the socket,
+        // which raises no new event for bytes already waiting in it.
+        self.read_paused = true;
+        self.on_readable(scratch, cx)
+    }
+
     /// Feeds the decoder what it has not seen; `Some` once the body is whole.
     fn decode_chunked<F: ServiceFactory>(
         &mut self,
         raw: &[u8],
+        limit: usize,
         cx: &LoopContext<F>,
     ) -> Result<Option<ChunkedBody>, Reject> {
         let body = self.chunked.get_or_insert_with(|| ChunkedBody {
@@ -530,14 +775,14 @@ impl Conn {
         let progress = body.decoder.decode(
             &raw[body.fed..],
             &mut body.decoded,
-            cx.limits.max_body_bytes,
+            limit,
             cx.limits.max_head_bytes,
         )?;
         body.fed += progress.consumed;
         if progress.done {
             return Ok(self.chunked.take());
         }
-        if body.fed > cx.limits.max_body_bytes.saturating_add(CHUNK_OVERHEAD_ALLOWANCE) {
+        if body.fed > limit.saturating_add(CHUNK_OVERHEAD_ALLOWANCE) {
             return Err(Reject::new(413, "chunk framing too large"));
         }
         Ok(None)
@@ -570,6 +815,18 @@ impl Conn {
         body: &[u8],
         cx: &mut LoopContext<F>,
     ) {
+        self.dispatch_with(head, body, None, cx)
+    }
+
+    /// `dispatch`, with the reader of a streamed body for the handler to take.
+    #[inline(always)]
+    fn dispatch_with<F: ServiceFactory>(
+        &mut self,
+        head: &Head<'_, '_>,
+        body: &[u8],
+        upload: Option<&ReaderSlot>,
+        cx: &mut LoopContext<F>,
+    ) {
         if head.method == "CONNECT" && !cx.allow_connect {
             self.reject(Reject::new(501, "CONNECT is not supported"), cx);
             return;
@@ -585,6 +842,7 @@ impl Conn {
             route: None,
             socket: Some(&self.socket),
             received: Some(cx.now),
+            upload,
         };
         let outcome = cx.call_service(&req);
         if cx.abandoned {
@@ -750,10 +1008,13 @@ impl Conn {
                 .ends_at(end, finishing);
         });
         if released == Released::Close {
-            self.closing = Closing::AfterWrite;
+            self.close_after_response();
         }
         if self.queue.is_empty() && self.timer == Timer::Offload {
-            if self.input.is_empty() {
+            if self.upload.is_some() {
+                self.timer = Timer::Upload;
+                self.deadline = cx.now + cx.stream_idle_timeout;
+            } else if self.input.is_empty() {
                 self.timer = Timer::Idle;
                 self.deadline = cx.now + cx.keep_alive_timeout;
             } else {
@@ -1037,7 +1298,16 @@ impl Conn {
         } else {
             // Nothing is sent after a closing or cut response.
             self.queue.cut_short();
-            self.closing = Closing::AfterWrite;
+            self.close_after_response();
+        }
+    }
+
+    /// A response said close: close after it, or once the body being
+    /// streamed to the handler is in (its reader has it to read).
+    fn close_after_response(&mut self) {
+        match &mut self.upload {
+            Some(upload) => upload.close_after = true,
+            None => self.closing = Closing::AfterWrite,
         }
     }
 

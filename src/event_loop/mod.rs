@@ -563,6 +563,9 @@ impl<F: ServiceFactory> EventLoop<F> {
                 Mail::Body { conn: key, id } => {
                     self.serve(key, |conn, scratch, cx| conn.on_body_ready(id, scratch, cx))
                 }
+                Mail::Upload { conn: key, id } => {
+                    self.serve(key, |conn, scratch, cx| conn.on_upload_mail(id, scratch, cx))
+                }
             }
         }
     }

@@ -10,6 +10,7 @@ pub(crate) mod file;
 pub(crate) mod request;
 pub(crate) mod response;
 pub(crate) mod stream;
+pub(crate) mod upload;
 
 pub use request::{Request, Version};
 pub use response::{Finished, Response};

@@ -106,9 +106,7 @@ pub(crate) fn parse_head<'b, 'h>(
         }
         (Some(te), None) => te.framing()?,
         (None, None | Some(0)) => Framing::Empty,
-        (None, Some(n)) if n > limits.max_body_bytes as u64 => {
-            return Err(Reject::new(413, "Content-Length over the body limit"));
-        }
+        // Whether it is too large is the route's to say (`BodyPolicy`).
         (None, Some(n)) => Framing::Length(n),
     };
 
@@ -570,6 +568,8 @@ pub struct Request<'a> {
     pub(crate) socket: Option<&'a crate::shared::SharedSocket>,
     /// When the loop read it (the time of the loop's wake-up).
     pub(crate) received: Option<std::time::Instant>,
+    /// The body's reader, on a [`BodyPolicy::Stream`](crate::BodyPolicy::Stream) route.
+    pub(crate) upload: Option<&'a super::upload::ReaderSlot>,
 }
 
 impl<'a> Request<'a> {
@@ -611,9 +611,20 @@ impl<'a> Request<'a> {
         self.headers.iter().map(|h| (h.name, h.value))
     }
 
-    /// The body, de-chunked.
+    /// The body, de-chunked. Empty on a route that streams its body
+    /// ([`BodyPolicy::Stream`](crate::BodyPolicy::Stream)): read it with
+    /// [`body_reader`](Self::body_reader).
     pub fn body(&self) -> &'a [u8] {
         self.body
+    }
+
+    /// The reader of a streamed body, the first time it is asked for;
+    /// `None` when the body is not streamed (it is in [`body`](Self::body)),
+    /// or was taken already. The request's head is all that has been
+    /// read: the handler runs before the body arrives, and what it does not
+    /// read is not received (the connection closes after the response).
+    pub fn body_reader(&self) -> Option<crate::BodyReader> {
+        self.upload?.take()
     }
 
     /// Path parameter `name` of the matched route, as sent
@@ -672,6 +683,7 @@ impl<'a> Request<'a> {
             route: Some(route),
             socket: self.socket,
             received: self.received,
+            upload: self.upload,
         }
     }
 }
@@ -812,8 +824,6 @@ mod tests {
         reject_cl_hex: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n" => 400;
         reject_cl_inner_space: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 0\r\n\r\n" => 400;
         reject_cl_overflow: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\n" => 400;
-        reject_cl_over_limit: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048577\r\n\r\n" => 413;
-        reject_cl_max_u64: b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551615\r\n\r\n" => 413;
         // A coding vigil does not decode, before a final chunked: 501.
         reject_te_gzip_chunked: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n" => 501;
         reject_te_split_fields: b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n" => 501;
@@ -876,7 +886,6 @@ mod tests {
             (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n\r\n", 431),
             // Too many fields is seen before the head is complete.
             (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: 5\r\n", 431),
-            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n", 413),
             (b"GET / HTTP/3\r\nHost: a\r\n\r\n", 400),
         ];
         for (input, status) in table {
@@ -1153,6 +1162,7 @@ mod tests {
             route: None,
             socket: None,
             received: None,
+            upload: None,
         };
         for (name, want) in
             [("a", Some("1")), ("b", Some("")), ("c", Some("")), ("sp", Some("%20")), ("d", None)]

@@ -32,7 +32,11 @@ pub(crate) struct Notify {
 
 impl Notify {
     fn send(&self) {
-        let mail = crate::offload::Mail::Body { conn: self.conn, id: self.id };
+        self.post(crate::offload::Mail::Body { conn: self.conn, id: self.id });
+    }
+
+    /// Puts `mail` in the loop's mailbox and wakes the loop.
+    pub(crate) fn post(&self, mail: crate::offload::Mail) {
         if self.mail.send(mail).is_ok() {
             let _ = self.waker.wake();
         }
