@@ -84,6 +84,11 @@ bench-slow: $(BENCH_DEPS)
 bench-memory: $(BENCH_DEPS)
 	python3 $(BENCH_DIR)/memory.py $(VIGIL_BIN) $(MAY_HELLO)
 
+# RSS of the server while 1 GiB is uploaded to a streaming route, twice.
+.PHONY: bench-upload
+bench-upload: $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
+	$(BENCH_DIR)/upload.sh $(VIGIL_BIN)
+
 # Latency of / with 32 CPU-heavy requests in flight, offloaded vs inline.
 .PHONY: bench-offload
 bench-offload: bench-tools $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
