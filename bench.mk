@@ -84,6 +84,11 @@ bench-slow: $(BENCH_DEPS)
 bench-memory: $(BENCH_DEPS)
 	python3 $(BENCH_DIR)/memory.py $(VIGIL_BIN) $(MAY_HELLO)
 
+# A 1 GiB file to 16 clients, vigil --root against nginx (sendfile on).
+.PHONY: bench-download
+bench-download: bench-tools $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)
+	$(BENCH_DIR)/download.sh $(VIGIL_BIN)
+
 # RSS of the server while 1 GiB is uploaded to a streaming route, twice.
 .PHONY: bench-upload
 bench-upload: $(if $(filter target/release/vigil,$(VIGIL_BIN)),bench-vigil)

@@ -29,7 +29,9 @@ pub struct Config {
     /// An idle keep-alive connection is closed after this long.
     pub keep_alive_timeout: Duration,
     /// A streamed response whose producer writes nothing for this long is
-    /// cut (the connection closes without the body's end).
+    /// cut (the connection closes without the body's end), and a streamed
+    /// request body's reader waits this long for the client's next bytes
+    /// (then `TimedOut`).
     pub stream_idle_timeout: Duration,
     /// A connection whose client takes none of a streamed response's bytes
     /// for this long is closed.

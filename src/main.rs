@@ -55,7 +55,8 @@ struct Args {
     /// Idle keep-alive connections are closed after this long.
     #[arg(long, env = "VIGIL_KEEP_ALIVE_TIMEOUT", default_value = "60s", value_parser = duration)]
     keep_alive_timeout: Duration,
-    /// A streamed response whose producer writes nothing for this long is cut.
+    /// A streamed response whose producer writes nothing for this long is cut; a streamed
+    /// request body's reader waits this long for the client's next bytes.
     #[arg(long, env = "VIGIL_STREAM_IDLE_TIMEOUT", default_value = "60s", value_parser = duration)]
     stream_idle_timeout: Duration,
     /// A client that takes none of a streamed response for this long is disconnected.
