@@ -89,6 +89,19 @@ impl<F: ServiceFactory> LoopContext<F> {
         outcome
     }
 
+    /// A new id for offloaded work or a body, unique within this loop.
+    pub(crate) fn take_job_id(&mut self) -> u64 {
+        let id = self.next_job_id;
+        self.next_job_id += 1;
+        id
+    }
+
+    /// How a body's other side (a producer, a reader) wakes this loop for
+    /// connection `conn`'s body `id`.
+    pub(crate) fn notify(&self, conn: usize, id: u64) -> crate::http::stream::Notify {
+        crate::http::stream::Notify { mail: self.mail.clone(), waker: self.waker.clone(), conn, id }
+    }
+
     /// The service's policy for the body of `req`, whose head is in.
     pub(crate) fn ask_body_policy(
         &mut self,

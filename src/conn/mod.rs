@@ -24,13 +24,12 @@ use std::time::{Duration, Instant};
 use crate::http::body::ChunkedDecoder;
 use crate::http::request::{parse_head, Framing, Head};
 use crate::http::response::{self, Body, BodyFraming, Encoding, Producer, Source, Work, CONTINUE};
-use crate::http::stream::Notify;
 use crate::http::upload::{Fed, ReaderSlot, Upload};
 use crate::http::{Reject, MAX_HEADERS_CAP};
 use crate::offload::{Completion, Job};
 use crate::shared::{panic_message, SharedSocket};
 use crate::sys::IoVerdict;
-use crate::{BodyPolicy, Request, Response, ServiceFactory};
+use crate::{BodyPolicy, Response, ServiceFactory};
 pub(crate) use context::LoopContext;
 use finish::{Finishing, Watch};
 pub(crate) use io::refuse_over_limit;
@@ -539,6 +538,20 @@ impl Conn {
         }
     }
 
+    /// `100 Continue`, if the client asked for it and has not had it.
+    fn send_continue_once<F: ServiceFactory>(
+        &mut self,
+        head: &Head<'_, '_>,
+        cx: &mut LoopContext<F>,
+    ) {
+        if head.expect_continue && !self.sent_continue {
+            let start = cx.out.len();
+            cx.out.extend_from_slice(CONTINUE);
+            self.queue_if_behind_offload(start, true, None, cx);
+            self.sent_continue = true;
+        }
+    }
+
     /// Part of a body is here (`received` bytes of the request so far).
     ///
     /// With a minimum receive rate, the request has the header timeout from
@@ -552,12 +565,7 @@ impl Conn {
         received: usize,
         cx: &mut LoopContext<F>,
     ) {
-        if head.expect_continue && !self.sent_continue {
-            let start = cx.out.len();
-            cx.out.extend_from_slice(CONTINUE);
-            self.queue_if_behind_offload(start, true, None, cx);
-            self.sent_continue = true;
-        }
+        self.send_continue_once(head, cx);
         if !self.queue.is_empty() {
             return; // as in wait_for_rest_of_request
         }
@@ -587,19 +595,7 @@ impl Conn {
         let policy = match self.policy {
             Some(policy) => policy,
             None => {
-                let req = Request {
-                    method: head.method,
-                    path: head.path,
-                    query: head.query,
-                    version: head.version,
-                    headers: head.headers,
-                    body: &[],
-                    params: None,
-                    route: None,
-                    socket: Some(&self.socket),
-                    received: Some(cx.now),
-                    upload: None,
-                };
+                let req = head.request(&[], &self.socket, cx.now, None);
                 match cx.ask_body_policy(&req) {
                     Ok(policy) => policy.unwrap_or(BodyPolicy::Buffer(cx.limits.max_body_bytes)),
                     Err(payload) => {
@@ -643,15 +639,9 @@ impl Conn {
         limit: u64,
         cx: &mut LoopContext<F>,
     ) {
-        if head.expect_continue && !self.sent_continue {
-            let start = cx.out.len();
-            cx.out.extend_from_slice(CONTINUE);
-            self.queue_if_behind_offload(start, true, None, cx);
-            self.sent_continue = true;
-        }
-        let id = cx.next_job_id;
-        cx.next_job_id += 1;
-        let notify = Notify { mail: cx.mail.clone(), waker: cx.waker.clone(), conn: self.key, id };
+        self.send_continue_once(head, cx);
+        let id = cx.take_job_id();
+        let notify = cx.notify(self.key, id);
         let length = match head.framing {
             Framing::Length(len) => Some(len),
             _ => None,
@@ -740,7 +730,7 @@ impl Conn {
         cx: &mut LoopContext<F>,
     ) -> Next {
         let Some(upload) = &mut self.upload else { return Next::Wait };
-        if upload.id != id {
+        if upload.id() != id {
             return Next::Wait; // an older upload's, or an older connection's
         }
         if upload.reader_gone() {
@@ -831,19 +821,7 @@ impl Conn {
             self.reject(Reject::new(501, "CONNECT is not supported"), cx);
             return;
         }
-        let req = Request {
-            method: head.method,
-            path: head.path,
-            query: head.query,
-            version: head.version,
-            headers: head.headers,
-            body,
-            params: None,
-            route: None,
-            socket: Some(&self.socket),
-            received: Some(cx.now),
-            upload,
-        };
+        let req = head.request(body, &self.socket, cx.now, upload);
         let outcome = cx.call_service(&req);
         if cx.abandoned {
             // The supervisor closed our sockets and replaced us while the
@@ -949,15 +927,9 @@ impl Conn {
                 return self.answer_pool_full(headers, encoding, finishing, cx);
             }
         }
-        let id = cx.next_job_id;
-        cx.next_job_id += 1;
+        let id = cx.take_job_id();
         if let Source::Stream(stream) = &source {
-            stream.attach(Notify {
-                mail: cx.mail.clone(),
-                waker: cx.waker.clone(),
-                conn: self.key,
-                id,
-            });
+            stream.attach(cx.notify(self.key, id));
         }
         let deadline = cx.now + cx.stream_idle_timeout;
         let body = Box::new(Outgoing::new(source, id, framing, keep_alive, finishing, deadline));
@@ -1037,8 +1009,7 @@ impl Conn {
         finishing: Option<Box<Finishing>>,
         cx: &mut LoopContext<F>,
     ) {
-        let id = cx.next_job_id;
-        cx.next_job_id += 1;
+        let id = cx.take_job_id();
         cx.shared.counters.offloaded.fetch_add(1, Relaxed);
         let deadline = cx.response.offload_timeout.map(|timeout| cx.now + timeout);
         let headers = std::mem::take(&mut cx.response.headers);
@@ -1087,11 +1058,10 @@ impl Conn {
         scratch: &mut [u8],
         cx: &mut LoopContext<F>,
     ) -> Next {
-        let (draining, date, shared, now) = (cx.draining, &cx.date, &cx.shared, cx.now);
         // The id its body streams under, should the response have one.
-        let id = cx.next_job_id;
-        cx.next_job_id += 1;
-        let notify = Notify { mail: cx.mail.clone(), waker: cx.waker.clone(), conn: self.key, id };
+        let id = cx.take_job_id();
+        let notify = cx.notify(self.key, id);
+        let (draining, date, shared, now) = (cx.draining, &cx.date, &cx.shared, cx.now);
         let (pool, deadline) = (&cx.offload, now + cx.stream_idle_timeout);
         let filled = self.queue.fill(completion.id, |mut encoding, finish| {
             encoding.keep_alive &= !draining;

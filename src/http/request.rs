@@ -46,6 +46,36 @@ pub(crate) struct Head<'b, 'h> {
     pub(crate) expect_continue: bool,
 }
 
+impl<'b> Head<'b, '_> {
+    /// The request the service sees, with `body` (or a streamed body's
+    /// `upload`). Inlined into the hot path's dispatch.
+    #[inline(always)]
+    pub(crate) fn request<'a>(
+        &'a self,
+        body: &'a [u8],
+        socket: &'a crate::shared::SharedSocket,
+        received: std::time::Instant,
+        upload: Option<&'a super::upload::ReaderSlot>,
+    ) -> Request<'a>
+    where
+        'b: 'a,
+    {
+        Request {
+            method: self.method,
+            path: self.path,
+            query: self.query,
+            version: self.version,
+            headers: self.headers,
+            body,
+            params: None,
+            route: None,
+            socket: Some(socket),
+            received: Some(received),
+            upload,
+        }
+    }
+}
+
 /// Parses one request head from the start of `buf`.
 ///
 /// `Ok(None)` means the head is incomplete ("need more bytes"); the caller

@@ -79,9 +79,9 @@ struct Channel {
 
 impl Channel {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent state (every
-        // update is a single assignment or push): carry on.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        // Every update is a single assignment or push: a panic while the
+        // lock was held leaves consistent state.
+        crate::shared::lock(&self.state)
     }
 }
 

@@ -88,9 +88,7 @@ struct Channel {
 
 impl Channel {
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update under the lock leaves consistent state: carry on
-        // after a panic elsewhere.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::shared::lock(&self.state)
     }
 }
 
@@ -257,7 +255,6 @@ pub(crate) struct Upload {
     framing: Framing,
     /// Decoded bytes a chunked body may have.
     limit: u64,
-    pub(crate) id: u64,
     /// The loop stopped reading for want of room (it waits for mail).
     pub(crate) blocked: bool,
     /// The response said close: close once the body is in.
@@ -266,7 +263,7 @@ pub(crate) struct Upload {
 
 impl std::fmt::Debug for Upload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upload").field("id", &self.id).field("blocked", &self.blocked).finish()
+        f.debug_struct("Upload").field("id", &self.id()).field("blocked", &self.blocked).finish()
     }
 }
 
@@ -279,7 +276,6 @@ impl Upload {
         notify: Notify,
         idle_timeout: Duration,
     ) -> (Upload, BodyReader) {
-        let id = notify.id;
         let channel = Arc::new(Channel {
             state: Mutex::new(State::default()),
             data: Condvar::new(),
@@ -291,15 +287,14 @@ impl Upload {
             Some(length) => Framing::Length(length),
             None => Framing::Chunked(Box::default()),
         };
-        let upload = Upload {
-            channel: channel.clone(),
-            framing,
-            limit,
-            id,
-            blocked: false,
-            close_after: false,
-        };
+        let upload =
+            Upload { channel: channel.clone(), framing, limit, blocked: false, close_after: false };
         (upload, BodyReader { channel, length })
+    }
+
+    /// The id its mail comes under.
+    pub(crate) fn id(&self) -> u64 {
+        self.channel.notify.id
     }
 
     /// Whether the reader was dropped.
