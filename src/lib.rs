@@ -96,6 +96,20 @@ pub mod __bench {
         }
     }
 
+    /// Parses `prime` and then `buf` through one head memo, as a loop
+    /// parses two heads in a row: whether the memo's answer for `buf` is
+    /// the full parse's.
+    pub fn head_memo_agrees(prime: &[u8], buf: &[u8]) -> bool {
+        let limits = Limits::default();
+        let mut memo = crate::http::head_memo::HeadMemo::default();
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        let _ = memo.parse(prime, &mut headers, &limits);
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        let remembered = format!("{:?}", memo.parse(buf, &mut headers, &limits));
+        let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
+        remembered == format!("{:?}", request::parse_head(buf, &mut headers, &limits))
+    }
+
     /// Decodes a whole chunked body into `body` (cleared first): the bytes
     /// consumed, or 0 when incomplete or refused.
     pub fn decode_chunked(input: &[u8], body: &mut Vec<u8>) -> usize {

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Sender;
 
 use crate::http::date::DateCache;
+use crate::http::head_memo::HeadMemo;
 use crate::http::request::Head;
 use crate::http::Limits;
 use crate::offload::{Mail, Pool};
@@ -23,6 +24,9 @@ pub(crate) struct LoopContext<F: ServiceFactory> {
     /// Reused for every request: reset, not reallocated.
     pub(crate) response: Response,
     pub(crate) date: DateCache,
+    /// The last request head's header block, so a client that repeats it
+    /// (most do) costs a compare instead of a header parse.
+    pub(crate) head_memo: HeadMemo,
     pub(crate) limits: Limits,
     /// Pass `CONNECT` to the service (otherwise 501).
     pub(crate) allow_connect: bool,

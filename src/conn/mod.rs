@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::http::body::ChunkedDecoder;
-use crate::http::request::{parse_head, Framing, Head};
+use crate::http::request::{Framing, Head};
 use crate::http::response::{self, Body, BodyFraming, Encoding, Producer, Source, Work, CONTINUE};
 use crate::http::upload::{Fed, ReaderSlot, Upload};
 use crate::http::{Reject, MAX_HEADERS_CAP};
@@ -109,8 +109,6 @@ struct ChunkedBody {
 
 #[derive(Debug)]
 pub(crate) struct Conn {
-    /// Shared with the loop's fd registry (see `shared::FdRegistry`).
-    pub(crate) socket: Arc<SharedSocket>,
     /// Bytes of an incomplete request, kept between reads.
     input: Vec<u8>,
     /// Response bytes the socket did not take yet.
@@ -140,6 +138,11 @@ pub(crate) struct Conn {
     /// wait for their last byte; made for the first such response (most
     /// connections never have one: 8 bytes instead of 40 each).
     watch: Option<Box<Watch>>,
+    /// Shared with the loop's fd registry (see `shared::FdRegistry`).
+    /// Declared last, so dropped last: a producer or an upload's reader
+    /// learns that its client is gone before the client sees the close,
+    /// never after it.
+    pub(crate) socket: Arc<SharedSocket>,
 }
 
 impl Conn {
@@ -428,18 +431,21 @@ impl Conn {
                 continue;
             }
             let mut headers = [MaybeUninit::uninit(); MAX_HEADERS_CAP];
-            let head =
-                match parse_head(&buf[pos..], &mut headers[..cx.limits.max_headers], &cx.limits) {
-                    Ok(Some(head)) => head,
-                    Ok(None) => {
-                        self.wait_for_rest_of_request(cx);
-                        break;
-                    }
-                    Err(reject) => {
-                        self.reject(reject, cx);
-                        return buf.len();
-                    }
-                };
+            let head = match cx.head_memo.parse(
+                &buf[pos..],
+                &mut headers[..cx.limits.max_headers],
+                &cx.limits,
+            ) {
+                Ok(Some(head)) => head,
+                Ok(None) => {
+                    self.wait_for_rest_of_request(cx);
+                    break;
+                }
+                Err(reject) => {
+                    self.reject(reject, cx);
+                    return buf.len();
+                }
+            };
             let body_start = pos + head.len;
             let available = &buf[body_start..];
             let limit = match head.framing {

@@ -19,6 +19,7 @@ use slab::Slab;
 
 use crate::conn::{self, Conn, LoopContext, Next};
 use crate::http::date::DateCache;
+use crate::http::head_memo::HeadMemo;
 use crate::offload::Mail;
 use crate::shared::{
     lock, Conveyed, Fate, LoopShared, LoopState, PeerTicket, ServerShared, SharedSocket,
@@ -163,6 +164,7 @@ impl<F: ServiceFactory> EventLoop<F> {
                 service,
                 response: Response::new(),
                 date: DateCache::new(),
+                head_memo: HeadMemo::default(),
                 limits: config.limits.clone(),
                 allow_connect: config.allow_connect,
                 header_timeout: config.header_timeout,
