@@ -81,9 +81,9 @@ impl HeadMemo {
     ///
     /// `make bench-instructions`, pipelined `GET /` with a Host field:
     /// 1,348 instructions per request without the memo, of which the head
-    /// was 775 (httparse 490); 947 with it, the head 369 (validation 104 of
-    /// it). With a field that changes on every request the memo never
-    /// hits and costs its back-off's bookkeeping and a failed recall.
+    /// was 775 (httparse 490); 924 with it, the head 350. With a field that
+    /// changes on every request the memo never recalls, and costs 39 (a
+    /// failed recall, the back-off's counter, an occasional copy).
     pub(crate) fn parse<'b, 'h>(
         &mut self,
         buf: &'b [u8],
@@ -106,12 +106,7 @@ impl HeadMemo {
             self.recalled = true;
             return head.map(Some);
         }
-        let mut fields = Fields::default();
-        let parsed = parse_scanned(buf, headers, limits, &mut fields)?;
-        if let Some(head) = &parsed {
-            self.learn(buf, head, &fields);
-        }
-        Ok(parsed)
+        parse_scanned(buf, headers, limits, |head, fields| self.learn(buf, head, fields))
     }
 
     /// After a full parse: remember its block, unless remembering has not
@@ -119,8 +114,9 @@ impl HeadMemo {
     /// wasted copy (a client whose fields change on every request, or
     /// clients taking turns with different blocks), so the memo then
     /// forgets and stays empty for 1, 2, 4 ... up to 64 full parses; a
-    /// recall ends the back-off. Remembering costs about 150 instructions
-    /// and an empty memo's miss about 5.
+    /// recall ends the back-off. Without it, a field that changed on every
+    /// request cost 343 instructions a request more (`make
+    /// bench-instructions`, varied: 2,036 against 1,693).
     fn learn(&mut self, buf: &[u8], head: &Head<'_, '_>, fields: &Fields) {
         if self.skip > 0 {
             self.skip -= 1;
@@ -252,7 +248,7 @@ fn request_line(buf: &[u8]) -> Option<RequestLine> {
 #[cfg(debug_assertions)]
 fn check_against_full_parse(buf: &[u8], limits: &Limits, hit: &Result<Head<'_, '_>, Reject>) {
     let mut headers = [MaybeUninit::uninit(); super::MAX_HEADERS_CAP];
-    let full = parse_scanned(buf, &mut headers, limits, &mut Fields::default());
+    let full = parse_scanned(buf, &mut headers, limits, |_, _| {});
     let same = match (hit, &full) {
         (Ok(hit), Ok(Some(full))) => format!("{hit:?}") == format!("{full:?}"),
         (Err(hit), Err(full)) => hit == full,
