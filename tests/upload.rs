@@ -336,6 +336,7 @@ fn a_handler_that_leaves_the_body_unread_answers_and_the_connection_closes() {
     client.send(&pattern(100_000, 0));
     let reply = client.reply();
     assert_eq!((reply.status, reply.text().as_str()), (401, "no"));
+    assert_eq!(reply.header("connection"), Some("close"), "the response says it closes");
     assert!(client.is_closed(), "the body is not read: nothing can follow it");
     assert_eq!(util::get(addr, "/after").unwrap().text(), "after");
 }

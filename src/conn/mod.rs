@@ -654,7 +654,7 @@ impl Conn {
         };
         let (mut upload, reader) = Upload::new(length, limit, notify, cx.stream_idle_timeout);
         let slot = ReaderSlot::new(reader);
-        self.dispatch_with(head, &[], Some(&slot), cx);
+        self.dispatch_with(head, &[], Some((&slot, &upload)), cx);
         let left = slot.take();
         if cx.abandoned {
             return; // the response has nowhere to go
@@ -820,14 +820,14 @@ impl Conn {
         &mut self,
         head: &Head<'_, '_>,
         body: &[u8],
-        upload: Option<&ReaderSlot>,
+        upload: Option<(&ReaderSlot, &Upload)>,
         cx: &mut LoopContext<F>,
     ) {
         if head.method == "CONNECT" && !cx.allow_connect {
             self.reject(Reject::new(501, "CONNECT is not supported"), cx);
             return;
         }
-        let req = head.request(body, &self.socket, cx.now, upload);
+        let req = head.request(body, &self.socket, cx.now, upload.map(|(slot, _)| slot));
         let outcome = cx.call_service(&req);
         if cx.abandoned {
             // The supervisor closed our sockets and replaced us while the
@@ -837,7 +837,7 @@ impl Conn {
         }
         let encoding = Encoding {
             head_request: head.method == "HEAD",
-            keep_alive: cx.keeps_alive(head),
+            keep_alive: cx.keeps_alive(head) && !upload.is_some_and(body_left_unread),
             http10: head.version == crate::Version::Http10,
         };
         let response = &cx.response;
@@ -1317,6 +1317,16 @@ impl Conn {
         self.deadline = self.deadline.min(cx.now + LINGER_TIMEOUT);
         Next::Wait
     }
+}
+
+/// Whether the streamed body of a request will go unread: its handler
+/// left the reader, or dropped it. The connection then closes after the
+/// response, which says so (RFC 9112 9.6). Out of line: requests without
+/// a streamed body pay one compare for it.
+#[cold]
+#[inline(never)]
+fn body_left_unread((slot, upload): (&ReaderSlot, &Upload)) -> bool {
+    slot.holds_reader() || upload.reader_gone()
 }
 
 /// Encodes an offloaded job's response into its own buffer, describing it

@@ -690,7 +690,9 @@ impl<'a> Request<'a> {
     /// `None` when the body is not streamed (it is in [`body`](Self::body)),
     /// or was taken already. The request's head is all that has been
     /// read: the handler runs before the body arrives, and what it does not
-    /// read is not received (the connection closes after the response).
+    /// read is not received (the connection closes after the response; a
+    /// handler that returns without taking the reader gets `Connection:
+    /// close` on its response).
     pub fn body_reader(&self) -> Option<crate::BodyReader> {
         self.upload?.take()
     }

@@ -106,7 +106,9 @@ impl Channel {
 /// queued it fails with `WouldBlock`.
 ///
 /// Dropping the reader before the end tells the server that the rest of
-/// the body will not be read: the connection closes after the response.
+/// the body will not be read: the connection closes after the response
+/// (which says `Connection: close` when the reader was dropped before the
+/// handler returned).
 pub struct BodyReader {
     channel: Arc<Channel>,
     length: Option<u64>,
@@ -222,6 +224,14 @@ impl ReaderSlot {
 
     pub(crate) fn take(&self) -> Option<BodyReader> {
         self.0.take()
+    }
+
+    /// The reader is still here: the handler did not take it.
+    pub(crate) fn holds_reader(&self) -> bool {
+        let reader = self.0.take();
+        let held = reader.is_some();
+        self.0.set(reader);
+        held
     }
 }
 
