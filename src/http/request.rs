@@ -407,24 +407,7 @@ fn is_reg_name_char(b: u8) -> bool {
 }
 
 /// A table, as every request's Host goes through it.
-static REG_NAME: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        let c = b as u8;
-        table[b] = c.is_ascii_alphanumeric() || {
-            let mut found = false;
-            let mut i = 0;
-            while i < b"-._~%!$&'()*+,;=".len() {
-                found |= b"-._~%!$&'()*+,;="[i] == c;
-                i += 1;
-            }
-            found
-        };
-        b += 1;
-    }
-    table
-};
+static REG_NAME: [bool; 256] = super::alphanumeric_or(b"-._~%!$&'()*+,;=");
 
 /// Transfer codings seen across all `Transfer-Encoding` fields, in order
 /// (several fields are one list, RFC 9110 5.3).
@@ -1065,6 +1048,15 @@ mod tests {
             (
                 b"GET /a?b#frag HTTP/1.1\r\nHost: a\r\n\r\n",
                 head("GET", "/a", Some("b"), Http11, 1, Empty, true, false),
+            ),
+            // A '?' inside the fragment is not a query.
+            (
+                b"GET /a#f?x HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/a", None, Http11, 1, Empty, true, false),
+            ),
+            (
+                b"GET http://a/p?q=1#f?x HTTP/1.1\r\nHost: a\r\n\r\n",
+                head("GET", "/p", Some("q=1"), Http11, 1, Empty, true, false),
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1048576\r\n\r\n",
